@@ -1,0 +1,472 @@
+//! Stage 3: adaptive checks, run when `request_blocking.use_adaptive` is
+//! true: (a) IP / country restriction, (b) the threat service. A check that
+//! fires applies its failure action (PRODUCT.md §3.3).
+
+use std::collections::HashSet;
+
+use crate::decision::{Action, Country, Decision, Entry, Facts, Outcome, Stage, Step, Trace};
+use crate::ip::IpPattern;
+use crate::ipset::{EntryId, IpSet};
+use crate::lists::{Compiler, IpList};
+use crate::model::{FailureAction, ListRule, RawIpCountry, RawThreat, Restriction, Risk};
+
+/// Where the rule engine gets threat feed contents: the caller does the I/O
+/// (and keeps a feed's last good contents when it cannot be read).
+pub trait FeedSource {
+    /// The contents of the feed at `path` (as written in the rule file),
+    /// with the path to report errors against.
+    fn feed(&self, path: &str) -> Result<(String, std::sync::Arc<str>), String>;
+}
+
+/// What the IP / country check compares against.
+#[derive(Debug, Clone)]
+pub enum Restricted {
+    /// IP notation.
+    Ip(IpList),
+    /// Country codes, with their entries.
+    Country {
+        rule: ListRule,
+        codes: HashSet<Country>,
+        entries: Vec<(Country, Entry)>,
+    },
+}
+
+/// The compiled `[adaptive.ip_country]` section.
+#[derive(Debug, Clone)]
+pub struct IpCountry {
+    /// Switched on.
+    pub enabled: bool,
+    /// The list.
+    pub restricted: Restricted,
+    /// What to do when it fires.
+    pub action: FailureAction,
+    /// For `redirect`.
+    pub redirect_url: Option<String>,
+}
+
+/// The compiled `[adaptive.threat]` section.
+#[derive(Debug, Clone)]
+pub struct Threat {
+    /// Switched on.
+    pub enabled: bool,
+    /// Never reported.
+    pub whitelist: IpSet,
+    /// One set per risk level present, highest first, with its feed entries.
+    pub levels: Vec<ThreatLevel>,
+    /// For `redirect`.
+    pub redirect_url: Option<String>,
+    /// Feed summaries for `check`.
+    pub feeds: Vec<FeedSummary>,
+}
+
+/// All feeds of one risk level, merged.
+#[derive(Debug, Clone)]
+pub struct ThreatLevel {
+    /// The level.
+    pub risk: Risk,
+    /// Its action.
+    pub action: FailureAction,
+    set: IpSet,
+    /// Entries, and the feed each comes from (index into `names`).
+    entries: Vec<(Entry, u16)>,
+    names: Vec<String>,
+}
+
+/// One feed as loaded.
+#[derive(Debug, Clone)]
+pub struct FeedSummary {
+    /// `name`.
+    pub name: String,
+    /// The file.
+    pub path: String,
+    /// Its risk.
+    pub risk: Risk,
+    /// Entries loaded.
+    pub entries: usize,
+}
+
+impl IpCountry {
+    pub(crate) fn compile(raw: &RawIpCountry, c: &mut Compiler<'_>) -> Self {
+        let rule = raw.list.unwrap_or(ListRule::Deny);
+        let restricted = match raw.restriction.unwrap_or(Restriction::Ip) {
+            Restriction::Ip => Restricted::Ip(c.ip_list(rule, &raw.entries)),
+            Restriction::Country => {
+                let mut entries = Vec::new();
+                for item in &raw.entries {
+                    match Country::parse(item.get_ref().trim()) {
+                        Some(code) => entries.push((code, Entry {
+                            text: item.get_ref().trim().into(),
+                            file: c.file.clone(),
+                            line: c.src.position(item.span().start).0,
+                        })),
+                        None => c.errors.push(c.src.error(
+                            &item.span(),
+                            format!("invalid country {:?}: expected an ISO 3166 alpha-2 code such as \"KP\" (\"ZZ\": unknown)", item.get_ref()),
+                        )),
+                    }
+                }
+                Restricted::Country {
+                    rule,
+                    codes: entries.iter().map(|(c, _)| *c).collect(),
+                    entries,
+                }
+            }
+        };
+        let (action, redirect_url) = failure_action(
+            c,
+            raw.failure_action.as_ref(),
+            FailureAction::Refuse,
+            raw.redirect_url.as_ref(),
+        );
+        IpCountry {
+            enabled: raw.enabled.unwrap_or(true),
+            restricted,
+            action,
+            redirect_url,
+        }
+    }
+
+    /// Does the restriction need the client's country?
+    pub fn needs_country(&self) -> bool {
+        self.enabled && matches!(self.restricted, Restricted::Country { .. })
+    }
+
+    fn fires<'r>(&'r self, facts: &Facts<'_>) -> (bool, &'static str, Option<&'r Entry>) {
+        match &self.restricted {
+            Restricted::Ip(list) => {
+                let (fires, entry) = list.fires(facts.hops());
+                (fires, crate::blocking::rule_name(list.rule), entry)
+            }
+            Restricted::Country {
+                rule,
+                codes,
+                entries,
+            } => {
+                let country = facts.country.unwrap_or(Country::UNKNOWN);
+                let listed = codes.contains(&country);
+                let entry = entries.iter().find(|(c, _)| *c == country).map(|(_, e)| e);
+                let fires = listed == (*rule == ListRule::Deny);
+                (fires, crate::blocking::rule_name(*rule), entry)
+            }
+        }
+    }
+}
+
+impl Threat {
+    pub(crate) fn compile(raw: &RawThreat, c: &mut Compiler<'_>, feeds: &dyn FeedSource) -> Self {
+        let (whitelist, _) = c.ip_entries(&raw.whitelist);
+        let actions = &raw.actions;
+        let mut levels = Vec::new();
+        let mut summaries = Vec::new();
+        let mut redirect_needed = None;
+        for (risk, action, default) in [
+            (
+                Risk::Extreme,
+                actions.extreme.as_ref(),
+                FailureAction::Refuse,
+            ),
+            (Risk::High, actions.high.as_ref(), FailureAction::Refuse),
+            (
+                Risk::Medium,
+                actions.medium.as_ref(),
+                FailureAction::Continue,
+            ),
+            (Risk::Low, actions.low.as_ref(), FailureAction::Continue),
+        ] {
+            let action_value = action.map_or(default, |a| *a.get_ref());
+            if action_value == FailureAction::Redirect && redirect_needed.is_none() {
+                redirect_needed = action;
+            }
+            let mut patterns: Vec<(IpPattern, EntryId)> = Vec::new();
+            let mut entries: Vec<(Entry, u16)> = Vec::new();
+            let mut names = Vec::new();
+            for feed in raw.feeds.iter().filter(|f| f.risk == risk) {
+                let index = names.len() as u16;
+                names.push(feed.name.get_ref().clone());
+                let before = entries.len();
+                match feeds.feed(feed.path.get_ref()) {
+                    Ok((path, text)) => {
+                        let mut fc = Compiler::new(&path, &text);
+                        let mut feed_entries = Vec::new();
+                        let mut feed_patterns = Vec::new();
+                        fc.feed_entries(&mut feed_patterns, &mut feed_entries);
+                        c.warnings.append(&mut fc.warnings);
+                        let base = entries.len() as EntryId;
+                        patterns.extend(feed_patterns.into_iter().map(|(p, id)| (p, id + base)));
+                        entries.extend(feed_entries.into_iter().map(|e| (e, index)));
+                    }
+                    Err(message) => c.errors.push(c.src.error(&feed.path.span(), message)),
+                }
+                summaries.push(FeedSummary {
+                    name: feed.name.get_ref().clone(),
+                    path: feed.path.get_ref().clone(),
+                    risk,
+                    entries: entries.len() - before,
+                });
+            }
+            if !names.is_empty() {
+                levels.push(ThreatLevel {
+                    risk,
+                    action: action_value,
+                    set: IpSet::build(patterns),
+                    entries,
+                    names,
+                });
+            }
+        }
+        let mut seen = HashSet::new();
+        for feed in &raw.feeds {
+            if !seen.insert(feed.name.get_ref().as_str()) {
+                c.errors.push(c.src.error(
+                    &feed.name.span(),
+                    format!("duplicate feed name {:?}", feed.name.get_ref()),
+                ));
+            }
+        }
+        let redirect_url = match redirect_needed {
+            Some(action) => redirect_target(c, action, raw.redirect_url.as_ref()),
+            None => raw.redirect_url.as_ref().map(|u| u.get_ref().clone()),
+        };
+        Threat {
+            enabled: raw.enabled.unwrap_or(true),
+            whitelist,
+            levels,
+            redirect_url,
+            feeds: summaries,
+        }
+    }
+
+    /// The highest level listing one of the addresses (whitelisted ones aside).
+    fn fires<'r>(&'r self, facts: &Facts<'_>) -> Option<(&'r ThreatLevel, &'r str, &'r Entry)> {
+        for level in &self.levels {
+            for &ip in facts.hops() {
+                if self.whitelist.contains(ip) {
+                    continue;
+                }
+                if let Some(id) = level.set.lookup(ip) {
+                    let (entry, feed) = &level.entries[id as usize];
+                    return Some((level, &level.names[*feed as usize], entry));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn failure_action(
+    c: &mut Compiler<'_>,
+    action: Option<&toml::Spanned<FailureAction>>,
+    default: FailureAction,
+    url: Option<&toml::Spanned<String>>,
+) -> (FailureAction, Option<String>) {
+    let value = action.map_or(default, |a| *a.get_ref());
+    match action {
+        Some(a) if value == FailureAction::Redirect => (value, redirect_target(c, a, url)),
+        _ => (
+            value,
+            url.map(|u| u.get_ref().clone()).filter(|u| !u.is_empty()),
+        ),
+    }
+}
+
+fn redirect_target(
+    c: &mut Compiler<'_>,
+    action: &toml::Spanned<FailureAction>,
+    url: Option<&toml::Spanned<String>>,
+) -> Option<String> {
+    match url.map(|u| (u, u.get_ref().trim())) {
+        Some((_, u))
+            if u.starts_with("https://") || u.starts_with("http://") || u.starts_with('/') =>
+        {
+            Some(u.to_string())
+        }
+        Some((span, _)) => {
+            c.errors.push(c.src.error(
+                &span.span(),
+                "redirect_url must be an http(s) URL or an absolute path",
+            ));
+            None
+        }
+        None => {
+            c.errors.push(c.src.error(
+                &action.span(),
+                "failure action \"redirect\" needs redirect_url",
+            ));
+            None
+        }
+    }
+}
+
+/// The compiled adaptive stage.
+#[derive(Debug, Clone, Default)]
+pub struct Adaptive {
+    /// 3a.
+    pub ip_country: Option<IpCountry>,
+    /// 3b.
+    pub threat: Option<Threat>,
+}
+
+/// How the adaptive stage ends.
+pub(crate) enum AdaptiveOutcome<'r> {
+    /// Nothing fired, or only `continue`: go on (carrying the last firing).
+    Continue(Option<Decision<'r>>),
+    /// Leave adaptive; run request blocking unless `skip_blocking`.
+    Leave {
+        decision: Decision<'r>,
+        skip_blocking: bool,
+    },
+    /// Refuse or redirect now.
+    Final(Decision<'r>),
+}
+
+impl Adaptive {
+    /// Runs 3a then 3b.
+    pub(crate) fn decide<'r>(
+        &'r self,
+        facts: &Facts<'_>,
+        trace: &mut impl Trace<'r>,
+    ) -> AdaptiveOutcome<'r> {
+        let mut last = None;
+        // 3a: IP / country.
+        match &self.ip_country {
+            None => trace.step(crate::blocking::step(
+                Stage::IpCountry,
+                Outcome::NotConfigured,
+                None,
+                None,
+                "section absent",
+            )),
+            Some(check) if !check.enabled => trace.step(crate::blocking::step(
+                Stage::IpCountry,
+                Outcome::Disabled,
+                None,
+                None,
+                "enabled = false",
+            )),
+            Some(check) => {
+                let (fires, list, entry) = check.fires(facts);
+                if fires {
+                    let decision = fired(
+                        Stage::IpCountry,
+                        check.action,
+                        Some(list),
+                        entry,
+                        check.redirect_url.as_deref(),
+                    );
+                    trace.step(fired_step(&decision, "the check fires"));
+                    match leave(decision, check.action) {
+                        Some(outcome) => return outcome,
+                        None => last = Some(decision),
+                    }
+                } else {
+                    trace.step(crate::blocking::step(
+                        Stage::IpCountry,
+                        Outcome::Passed,
+                        Some(list),
+                        entry,
+                        "does not fire",
+                    ));
+                }
+            }
+        }
+        // 3b: threat service.
+        match &self.threat {
+            None => trace.step(crate::blocking::step(
+                Stage::Threat,
+                Outcome::NotConfigured,
+                None,
+                None,
+                "section absent",
+            )),
+            Some(check) if !check.enabled => trace.step(crate::blocking::step(
+                Stage::Threat,
+                Outcome::Disabled,
+                None,
+                None,
+                "enabled = false",
+            )),
+            Some(check) => match check.fires(facts) {
+                Some((level, feed, entry)) => {
+                    let decision = fired(
+                        Stage::Threat,
+                        level.action,
+                        Some(feed),
+                        Some(entry),
+                        check.redirect_url.as_deref(),
+                    );
+                    trace.step(fired_step(&decision, risk_note(level.risk)));
+                    if let Some(outcome) = leave(decision, level.action) {
+                        return outcome;
+                    }
+                    last = Some(decision);
+                }
+                None => trace.step(crate::blocking::step(
+                    Stage::Threat,
+                    Outcome::Passed,
+                    None,
+                    None,
+                    "in no feed, or whitelisted",
+                )),
+            },
+        }
+        AdaptiveOutcome::Continue(last)
+    }
+}
+
+fn fired<'r>(
+    stage: Stage,
+    action: FailureAction,
+    list: Option<&'r str>,
+    entry: Option<&'r Entry>,
+    url: Option<&'r str>,
+) -> Decision<'r> {
+    Decision {
+        stage,
+        action: Action::from(action),
+        list,
+        entry,
+        step_up: action == FailureAction::Require2fa,
+        redirect_url: if action == FailureAction::Redirect {
+            url
+        } else {
+            None
+        },
+    }
+}
+
+fn fired_step<'r>(d: &Decision<'r>, note: &'static str) -> Step<'r> {
+    Step {
+        stage: d.stage,
+        outcome: Outcome::Fired,
+        list: d.list,
+        entry: d.entry,
+        action: Some(d.action),
+        note,
+    }
+}
+
+fn risk_note(risk: Risk) -> &'static str {
+    match risk {
+        Risk::Extreme => "listed in an extreme-risk feed",
+        Risk::High => "listed in a high-risk feed",
+        Risk::Medium => "listed in a medium-risk feed",
+        Risk::Low => "listed in a low-risk feed",
+    }
+}
+
+fn leave(decision: Decision<'_>, action: FailureAction) -> Option<AdaptiveOutcome<'_>> {
+    match action {
+        FailureAction::Continue => None,
+        FailureAction::Refuse | FailureAction::Redirect => Some(AdaptiveOutcome::Final(decision)),
+        FailureAction::Require2fa | FailureAction::Skip2fa | FailureAction::Resume => {
+            Some(AdaptiveOutcome::Leave {
+                decision,
+                skip_blocking: false,
+            })
+        }
+        FailureAction::PostAuth => Some(AdaptiveOutcome::Leave {
+            decision,
+            skip_blocking: true,
+        }),
+    }
+}

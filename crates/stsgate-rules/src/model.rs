@@ -1,0 +1,233 @@
+//! The rule file as written: a serde model that mirrors the TOML one to one.
+//! Unknown keys are errors; strings that need checking keep their spans so
+//! that errors point at them. Only [`crate::RuleSet`] reaches the request path.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole rule file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Stage 4, and the switch for stage 3.
+    pub request_blocking: Option<RawRequestBlocking>,
+    /// Stage 3: adaptive checks.
+    pub adaptive: Option<RawAdaptive>,
+    /// Smart lockout settings (gate state).
+    pub lockout: Option<RawLockout>,
+    /// Password spray detection settings (gate state).
+    pub spray: Option<RawSpray>,
+}
+
+/// `[request_blocking]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestBlocking {
+    /// "Request Blocking Enabled"; default true when the section is present.
+    pub enabled: Option<bool>,
+    /// "Use Adaptive Authentication for initial IP Blocking"; default false.
+    pub use_adaptive: Option<bool>,
+    /// How the configured sections combine; default `or`.
+    pub logic: Option<Logic>,
+    /// `enforce` (default) or `log_only`.
+    pub mode: Option<Mode>,
+    /// `[request_blocking.ip]`.
+    pub ip: Option<RawList>,
+    /// `[request_blocking.application]`: X-MS-Client-Application.
+    pub application: Option<RawList>,
+    /// `[request_blocking.user_agent]`: X-MS-Client-User-Agent.
+    pub user_agent: Option<RawList>,
+}
+
+/// One list section: its rule and its entries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawList {
+    /// `allow` or `deny`.
+    pub rule: ListRule,
+    /// The entries, each kept with its position in the file.
+    #[serde(default)]
+    pub entries: Vec<Spanned<String>>,
+}
+
+/// `[adaptive]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    /// `[adaptive.ip_country]`.
+    pub ip_country: Option<RawIpCountry>,
+    /// `[adaptive.threat]`.
+    pub threat: Option<RawThreat>,
+}
+
+/// `[adaptive.ip_country]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpCountry {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// `ip` (default) or `country`.
+    pub restriction: Option<Restriction>,
+    /// `allow` or `deny` (default).
+    pub list: Option<ListRule>,
+    /// IP notation, or ISO 3166 alpha-2 codes (`ZZ`: unknown).
+    #[serde(default)]
+    pub entries: Vec<Spanned<String>>,
+    /// What to do when the check fires; default `refuse`.
+    pub failure_action: Option<Spanned<FailureAction>>,
+    /// Where `redirect` sends the client.
+    pub redirect_url: Option<Spanned<String>>,
+}
+
+/// `[adaptive.threat]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreat {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// Addresses never reported by the threat check (IP notation).
+    #[serde(default)]
+    pub whitelist: Vec<Spanned<String>>,
+    /// Feed files.
+    #[serde(default)]
+    pub feeds: Vec<RawFeed>,
+    /// Action per risk level.
+    #[serde(default)]
+    pub actions: RawThreatActions,
+    /// Where a `redirect` action sends the client.
+    pub redirect_url: Option<Spanned<String>>,
+}
+
+/// `[[adaptive.threat.feeds]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    /// The feed's name, used in logs as the list.
+    pub name: Spanned<String>,
+    /// The file: one IP, CIDR or range a line; `#` and `;` start comments.
+    pub path: Spanned<String>,
+    /// The feed's risk level.
+    pub risk: Risk,
+}
+
+/// `[adaptive.threat.actions]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreatActions {
+    /// Default `refuse`.
+    pub extreme: Option<Spanned<FailureAction>>,
+    /// Default `refuse`.
+    pub high: Option<Spanned<FailureAction>>,
+    /// Default `continue`.
+    pub medium: Option<Spanned<FailureAction>>,
+    /// Default `continue`.
+    pub low: Option<Spanned<FailureAction>>,
+}
+
+/// `[lockout]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLockout {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// `enforce` (default) or `log_only`.
+    pub mode: Option<Mode>,
+    /// Failures from unfamiliar IPs that lock a user; default 5.
+    pub threshold: Option<Spanned<i64>>,
+    /// Default `30m`.
+    pub observation_window: Option<Spanned<String>>,
+    /// Default `14d`.
+    pub familiar_for: Option<Spanned<String>>,
+}
+
+/// `[spray]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpray {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// Distinct users failing from one IP that make it a spray; default 10.
+    pub distinct_users: Option<Spanned<i64>>,
+    /// Default `10m`.
+    pub window: Option<Spanned<String>>,
+    /// Default `1h`.
+    pub block_for: Option<Spanned<String>>,
+}
+
+/// `allow` or `deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListRule {
+    /// Block (or fire) when the request matches no entry.
+    Allow,
+    /// Block (or fire) when the request matches an entry.
+    Deny,
+}
+
+/// How request blocking sections combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Logic {
+    /// Refused when at least one configured section blocks.
+    Or,
+    /// Refused when every configured section blocks.
+    And,
+}
+
+/// Enforce, or decide and only log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Refuse what the stage refuses.
+    Enforce,
+    /// Decide, log and count, but forward.
+    LogOnly,
+}
+
+/// What the IP / country check compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restriction {
+    /// Client addresses against IP notation.
+    Ip,
+    /// The client's country against ISO codes.
+    Country,
+}
+
+/// A threat feed's risk level.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    /// Lowest.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Highest.
+    Extreme,
+}
+
+/// The failure actions of adaptive checks (PRODUCT.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureAction {
+    /// Not enforced: logged and counted, go on with the next check.
+    Continue,
+    /// Refuse now with the blocked response.
+    Refuse,
+    /// Answer 302 to `redirect_url`.
+    Redirect,
+    /// Leave adaptive, run request blocking, forward with the step-up header.
+    #[serde(rename = "require_2fa")]
+    Require2fa,
+    /// Leave adaptive, run request blocking.
+    #[serde(rename = "skip_2fa")]
+    Skip2fa,
+    /// Leave adaptive, run request blocking.
+    Resume,
+    /// Leave adaptive and skip request blocking: forward.
+    PostAuth,
+}

@@ -1,0 +1,316 @@
+//! The compiled rule file and the pure part of the corridor: stage 3
+//! (adaptive) then stage 4 (request blocking).
+
+use std::time::Duration;
+
+use crate::adaptive::{Adaptive, AdaptiveOutcome, FeedSource, IpCountry, Restricted, Threat};
+use crate::blocking::{RequestBlocking, rule_name, step};
+use crate::decision::{Decision, Facts, Outcome, Stage, Trace};
+use crate::error::SourceError;
+use crate::lists::Compiler;
+use crate::model::{Mode, RawRules};
+
+/// `[lockout]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutSettings {
+    /// Switched on.
+    pub enabled: bool,
+    /// `enforce` / `log_only`.
+    pub mode: Mode,
+    /// Failures from unfamiliar IPs that lock a user.
+    pub threshold: u32,
+    /// How long failures are counted.
+    pub observation_window: Duration,
+    /// How long a good sign-in keeps an IP familiar.
+    pub familiar_for: Duration,
+}
+
+/// `[spray]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpraySettings {
+    /// Switched on.
+    pub enabled: bool,
+    /// Distinct users failing from one IP that make a spray.
+    pub distinct_users: u32,
+    /// Within this window.
+    pub window: Duration,
+    /// How long the IP is then blocked.
+    pub block_for: Duration,
+}
+
+/// An immutable, compiled rule file. Cheap to query; swapped whole on reload.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// The file it was compiled from.
+    pub path: String,
+    /// Stage 3 runs.
+    pub use_adaptive: bool,
+    /// Stage 3.
+    pub adaptive: Adaptive,
+    /// Stage 4.
+    pub blocking: RequestBlocking,
+    /// Smart lockout settings.
+    pub lockout: Option<LockoutSettings>,
+    /// Spray detection settings.
+    pub spray: Option<SpraySettings>,
+    /// Problems that did not stop the compile (skipped feed lines, sections that cannot run).
+    pub warnings: Vec<SourceError>,
+}
+
+impl RuleSet {
+    /// A rule set that forwards everything.
+    pub fn empty() -> Self {
+        RuleSet {
+            path: String::new(),
+            use_adaptive: false,
+            adaptive: Adaptive::default(),
+            blocking: RequestBlocking::off(),
+            lockout: None,
+            spray: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Compiles a rule file. `path` is what errors are reported against;
+    /// `feeds` provides threat feed contents. Every error found is returned.
+    pub fn compile(
+        path: &str,
+        text: &str,
+        feeds: &dyn FeedSource,
+    ) -> Result<RuleSet, Vec<SourceError>> {
+        let mut c = Compiler::new(path, text);
+        let raw: RawRules = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => return Err(vec![c.src.toml_error(&e)]),
+        };
+        let blocking = raw
+            .request_blocking
+            .as_ref()
+            .map_or_else(RequestBlocking::off, |b| {
+                RequestBlocking::compile(b, &mut c)
+            });
+        let use_adaptive = raw
+            .request_blocking
+            .as_ref()
+            .and_then(|b| b.use_adaptive)
+            .unwrap_or(false);
+        let adaptive = match &raw.adaptive {
+            None => Adaptive::default(),
+            Some(a) => Adaptive {
+                ip_country: a.ip_country.as_ref().map(|s| IpCountry::compile(s, &mut c)),
+                threat: a.threat.as_ref().map(|s| Threat::compile(s, &mut c, feeds)),
+            },
+        };
+        if !use_adaptive
+            && raw
+                .adaptive
+                .as_ref()
+                .is_some_and(|a| a.ip_country.is_some() || a.threat.is_some())
+        {
+            c.warnings.push(c.src.error_at(
+                0,
+                "[adaptive] checks are configured but request_blocking.use_adaptive is not true: they do not run",
+            ));
+        }
+        let lockout = raw.lockout.as_ref().map(|l| LockoutSettings {
+            enabled: l.enabled.unwrap_or(true),
+            mode: l.mode.unwrap_or(Mode::Enforce),
+            threshold: c.count(l.threshold.as_ref(), 1, 5),
+            observation_window: c
+                .duration(l.observation_window.as_ref(), Duration::from_secs(30 * 60)),
+            familiar_for: c.duration(l.familiar_for.as_ref(), Duration::from_secs(14 * 86400)),
+        });
+        let spray = raw.spray.as_ref().map(|s| SpraySettings {
+            enabled: s.enabled.unwrap_or(true),
+            distinct_users: c.count(s.distinct_users.as_ref(), 2, 10),
+            window: c.duration(s.window.as_ref(), Duration::from_secs(10 * 60)),
+            block_for: c.duration(s.block_for.as_ref(), Duration::from_secs(3600)),
+        });
+        if !c.errors.is_empty() {
+            return Err(c.errors);
+        }
+        Ok(RuleSet {
+            path: path.to_string(),
+            use_adaptive,
+            adaptive,
+            blocking,
+            lockout,
+            spray,
+            warnings: c.warnings,
+        })
+    }
+
+    /// Does any check need the client's country in [`Facts::country`]?
+    pub fn needs_country(&self) -> bool {
+        self.use_adaptive
+            && self
+                .adaptive
+                .ip_country
+                .as_ref()
+                .is_some_and(IpCountry::needs_country)
+    }
+
+    /// Decides stages 3 and 4 for one request. Allocation-free.
+    #[inline]
+    pub fn decide(&self, facts: &Facts<'_>) -> Decision<'_> {
+        self.decide_traced(facts, &mut ())
+    }
+
+    /// [`RuleSet::decide`], recording each check in `trace`.
+    pub fn decide_traced<'r>(
+        &'r self,
+        facts: &Facts<'_>,
+        trace: &mut impl Trace<'r>,
+    ) -> Decision<'r> {
+        let mut decision = Decision::FORWARD;
+        let mut run_blocking = true;
+        if self.use_adaptive {
+            match self.adaptive.decide(facts, trace) {
+                AdaptiveOutcome::Final(d) => {
+                    trace.step(step(
+                        Stage::Ip,
+                        Outcome::Skipped,
+                        None,
+                        None,
+                        "request blocking not reached",
+                    ));
+                    return d;
+                }
+                AdaptiveOutcome::Leave {
+                    decision: d,
+                    skip_blocking,
+                } => {
+                    decision = d;
+                    run_blocking = !skip_blocking;
+                }
+                AdaptiveOutcome::Continue(d) => decision = d.unwrap_or(decision),
+            }
+        } else {
+            trace.step(step(
+                Stage::IpCountry,
+                Outcome::Disabled,
+                None,
+                None,
+                "request_blocking.use_adaptive is not true",
+            ));
+        }
+        if !run_blocking {
+            trace.step(step(
+                Stage::Ip,
+                Outcome::Skipped,
+                None,
+                None,
+                "post_auth: request blocking skipped",
+            ));
+            return decision;
+        }
+        match self.blocking.decide(facts, trace) {
+            Some(block) => Decision {
+                step_up: decision.step_up,
+                ..block
+            },
+            None => decision,
+        }
+    }
+
+    /// One line per list, for `check` and reload answers.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let b = &self.blocking;
+        lines.push(format!(
+            "request_blocking: {}, logic {}, mode {}, use_adaptive {}",
+            if b.enabled { "enabled" } else { "disabled" },
+            if b.logic == crate::Logic::Or {
+                "or"
+            } else {
+                "and"
+            },
+            if b.mode == Mode::Enforce {
+                "enforce"
+            } else {
+                "log_only"
+            },
+            self.use_adaptive,
+        ));
+        if let Some(l) = &b.ip {
+            lines.push(format!(
+                "request_blocking.ip: {} list, {} entries",
+                rule_name(l.rule),
+                l.len()
+            ));
+        }
+        if let Some(l) = &b.application {
+            lines.push(format!(
+                "request_blocking.application: {} list, {} entries",
+                rule_name(l.rule),
+                l.len()
+            ));
+        }
+        if let Some(l) = &b.user_agent {
+            lines.push(format!(
+                "request_blocking.user_agent: {} list, {} entries",
+                rule_name(l.rule),
+                l.len()
+            ));
+        }
+        if let Some(c) = &self.adaptive.ip_country {
+            let (kind, rule, n) = match &c.restricted {
+                Restricted::Ip(l) => ("ip", l.rule, l.len()),
+                Restricted::Country { rule, entries, .. } => ("country", *rule, entries.len()),
+            };
+            lines.push(format!(
+                "adaptive.ip_country: {}, {kind} {} list, {n} entries, failure_action {}",
+                if c.enabled { "enabled" } else { "disabled" },
+                rule_name(rule),
+                crate::Action::from(c.action).as_str(),
+            ));
+        }
+        if let Some(t) = &self.adaptive.threat {
+            lines.push(format!(
+                "adaptive.threat: {}, {} feeds, {} whitelist entries",
+                if t.enabled { "enabled" } else { "disabled" },
+                t.feeds.len(),
+                t.whitelist.len()
+            ));
+            for f in &t.feeds {
+                lines.push(format!(
+                    "adaptive.threat.feeds.{}: {:?} risk, {} entries from {}",
+                    f.name, f.risk, f.entries, f.path
+                ));
+            }
+        }
+        if let Some(l) = &self.lockout {
+            lines.push(format!(
+                "lockout: {}, mode {}, threshold {}, observation_window {}, familiar_for {}",
+                if l.enabled { "enabled" } else { "disabled" },
+                if l.mode == Mode::Enforce {
+                    "enforce"
+                } else {
+                    "log_only"
+                },
+                l.threshold,
+                humantime::format_duration(l.observation_window),
+                humantime::format_duration(l.familiar_for),
+            ));
+        }
+        if let Some(s) = &self.spray {
+            lines.push(format!(
+                "spray: {}, distinct_users {}, window {}, block_for {}",
+                if s.enabled { "enabled" } else { "disabled" },
+                s.distinct_users,
+                humantime::format_duration(s.window),
+                humantime::format_duration(s.block_for),
+            ));
+        }
+        lines
+    }
+}
+
+/// A [`FeedSource`] for rule files without feeds: every feed is an error.
+pub struct NoFeeds;
+
+impl FeedSource for NoFeeds {
+    fn feed(&self, path: &str) -> Result<(String, std::sync::Arc<str>), String> {
+        Err(format!("feed {path:?} cannot be read here"))
+    }
+}
