@@ -1,1 +1,26 @@
+//! # stsgate-proxy
+//!
+//! Everything of stsgate that touches sockets and files: the listeners (TLS
+//! or plain, HTTP/1.1 and HTTP/2), the client IP, the corridor of stages
+//! ([`gate`]), the upstream client, the blocked response, hot reload of the
+//! rule file, the decision log and the admin listener. The decisions
+//! themselves come from the pure `stsgate-rules` crate.
 
+pub mod admin;
+pub mod blocked;
+pub mod client_ip;
+pub mod config;
+pub mod decision_log;
+pub mod gate;
+pub mod geoip;
+pub mod metrics;
+pub mod paths;
+pub mod proxy_body;
+pub mod reload;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+pub mod wstrust;
+
+pub use config::Config;
+pub use server::Server;

@@ -230,3 +230,19 @@ impl<'a> Compiler<'a> {
         }
     }
 }
+
+/// Compiles IP entries found in another TOML file (the main config's
+/// `trusted_proxies`), with errors positioned in that file.
+pub fn ip_set(
+    path: &str,
+    text: &str,
+    items: &[Spanned<String>],
+) -> Result<IpSet, Vec<SourceError>> {
+    let mut c = Compiler::new(path, text);
+    let (set, _) = c.ip_entries(items);
+    if c.errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(c.errors)
+    }
+}

@@ -127,6 +127,8 @@ impl RuleSet {
             block_for: c.duration(s.block_for.as_ref(), Duration::from_secs(3600)),
         });
         if !c.errors.is_empty() {
+            c.errors
+                .sort_by(|a, b| (&a.path, a.line, a.column).cmp(&(&b.path, b.line, b.column)));
             return Err(c.errors);
         }
         Ok(RuleSet {

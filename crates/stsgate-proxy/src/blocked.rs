@@ -1,0 +1,100 @@
+//! Answers the gate gives itself, mapped in one place: the blocked response
+//! (PRODUCT.md §4.3), redirects, and the 4xx / 5xx of upstream and client
+//! errors. None carries internal detail.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::time::{Duration, SystemTime};
+
+use crate::config::BlockedStyle;
+use crate::proxy_body::{Body, full};
+
+/// The blocked response: a SOAP 1.2 fault that a client cannot tell from a
+/// failed sign-in at the STS, or a plain 403.
+pub fn blocked(style: BlockedStyle) -> Response<Body> {
+    match style {
+        BlockedStyle::SoapFault => {
+            let mut r = Response::new(full(soap_fault(SystemTime::now())));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/soap+xml; charset=utf-8"),
+            );
+            r
+        }
+        BlockedStyle::Forbidden => plain(StatusCode::FORBIDDEN, "Forbidden\n"),
+    }
+}
+
+/// A 302 to `location` (validated when the rules were compiled).
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut r = plain(StatusCode::FOUND, "");
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => *r.status_mut() = StatusCode::FORBIDDEN,
+    }
+    r
+}
+
+/// A short text answer with `status`.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The fault ADFS sends for a wrong password (ID3242), with fresh
+/// timestamps like the real one.
+pub fn soap_fault(now: SystemTime) -> Bytes {
+    let created = humantime::format_rfc3339_millis(now);
+    let expires = humantime::format_rfc3339_millis(now + Duration::from_secs(300));
+    Bytes::from(format!(
+        concat!(
+            r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://www.w3.org/2005/08/addressing" "#,
+            r#"xmlns:u="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"><s:Header>"#,
+            r#"<a:Action s:mustUnderstand="1">http://www.w3.org/2005/08/addressing/soap/fault</a:Action>"#,
+            r#"<o:Security s:mustUnderstand="1" xmlns:o="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd">"#,
+            r#"<u:Timestamp u:Id="_0"><u:Created>{created}</u:Created><u:Expires>{expires}</u:Expires></u:Timestamp></o:Security>"#,
+            r#"</s:Header><s:Body><s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode>"#,
+            r#"<s:Value xmlns:a="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd">a:FailedAuthentication</s:Value>"#,
+            r#"</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">ID3242: The security token could not be authenticated or authorized.</s:Text>"#,
+            r#"</s:Reason></s:Fault></s:Body></s:Envelope>"#
+        ),
+        created = created,
+        expires = expires
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_matches_the_sts_fixture_but_for_timestamps() {
+        let fixture =
+            include_str!("../../../../shared/testdata/wstrust/fault-failed-authentication.xml")
+                .trim();
+        let ours = soap_fault(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_428_001));
+        let ours = std::str::from_utf8(&ours).unwrap();
+        let strip = |s: &str| {
+            let mut out = String::new();
+            let mut rest = s;
+            while let Some(i) = rest.find("<u:Created>") {
+                out.push_str(&rest[..i]);
+                rest = &rest[rest.find("</u:Expires>").unwrap()..];
+            }
+            out + rest
+        };
+        assert_eq!(strip(ours), strip(fixture));
+        assert!(
+            ours.contains("<u:Created>2026-11-23T10:00:01.000Z</u:Created>"),
+            "{ours}"
+        );
+    }
+}

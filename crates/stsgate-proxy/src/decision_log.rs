@@ -1,0 +1,316 @@
+//! The decision log (PRODUCT.md §4.7): one event per filtered request, as
+//! JSON lines, readable text, or RFC 5424 syslog. Events go through a
+//! bounded queue to a writer thread, so the request path never waits on
+//! stdout or a collector; when the writer falls behind, events are dropped
+//! and counted.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use serde::Serialize;
+
+use crate::config::{Log, LogFormat, SyslogAddr};
+use crate::metrics::Metrics;
+
+/// Longest header value or user name written to the log.
+const MAX_FIELD: usize = 256;
+/// Events queued before new ones are dropped.
+const QUEUE: usize = 8192;
+
+/// One decision. Keys absent when unknown.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Event {
+    /// RFC 3339 time of the decision.
+    pub ts: String,
+    /// TCP peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ip: Option<IpAddr>,
+    /// The client IP the rules saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+    /// User from the UsernameToken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// X-MS-Client-Application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// X-MS-Client-User-Agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Request path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Stage that decided.
+    pub stage: &'static str,
+    /// List that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// Entry that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Action taken.
+    pub action: &'static str,
+    /// HTTP status sent to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Upstream time, when the request was forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<u64>,
+}
+
+/// Cuts a value taken from a request to a bounded length.
+pub fn bounded(s: &str) -> String {
+    match s.char_indices().nth(MAX_FIELD) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct DecisionLog {
+    tx: SyncSender<Event>,
+    metrics: Metrics,
+}
+
+impl DecisionLog {
+    /// Starts the writer thread for `config`. It ends when every sender is gone.
+    pub fn start(
+        config: &Log,
+        metrics: Metrics,
+    ) -> std::io::Result<(DecisionLog, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let sink = Sink::open(config)?;
+        let format = config.format;
+        let handle = std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_loop(rx, sink, format))?;
+        Ok((DecisionLog { tx, metrics }, handle))
+    }
+
+    /// Queues one event; never blocks.
+    pub fn send(&self, event: Event) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event)
+        {
+            self.metrics.log_dropped.inc();
+        }
+    }
+}
+
+enum Sink {
+    Stdout(std::io::Stdout),
+    Udp(std::net::UdpSocket, String),
+    Tcp(Option<std::net::TcpStream>, String),
+}
+
+impl Sink {
+    fn open(config: &Log) -> std::io::Result<Sink> {
+        Ok(match &config.syslog_addr {
+            Some(SyslogAddr::Udp(addr)) => {
+                let bind = if addr.starts_with('[') {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
+                Sink::Udp(std::net::UdpSocket::bind(bind)?, addr.clone())
+            }
+            Some(SyslogAddr::Tcp(addr)) => Sink::Tcp(None, addr.clone()),
+            None => Sink::Stdout(std::io::stdout()),
+        })
+    }
+
+    fn write(&mut self, line: &str) {
+        match self {
+            Sink::Stdout(out) => {
+                let mut lock = out.lock();
+                let _ = lock
+                    .write_all(line.as_bytes())
+                    .and_then(|_| lock.write_all(b"\n"))
+                    .and_then(|_| lock.flush());
+            }
+            Sink::Udp(sock, addr) => {
+                let _ = sock.send_to(line.as_bytes(), addr.as_str());
+            }
+            Sink::Tcp(stream, addr) => {
+                // RFC 6587 octet counting; reconnect once on failure.
+                let frame = format!("{} {}", line.len(), line);
+                for _ in 0..2 {
+                    if stream.is_none() {
+                        *stream = std::net::TcpStream::connect(addr.as_str()).ok();
+                    }
+                    match stream.as_mut().map(|s| s.write_all(frame.as_bytes())) {
+                        Some(Ok(())) => return,
+                        _ => *stream = None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat) {
+    let host = hostname();
+    let pid = std::process::id();
+    // Remote syslog always speaks syslog.
+    let format = if matches!(sink, Sink::Stdout(_)) {
+        format
+    } else {
+        LogFormat::Syslog
+    };
+    for event in rx {
+        let line = match format {
+            LogFormat::Json => serde_json::to_string(&event).unwrap_or_default(),
+            LogFormat::Text => text_line(&event),
+            LogFormat::Syslog => syslog_line(&event, &host, pid),
+        };
+        sink.write(&line);
+    }
+}
+
+fn fields(e: &Event) -> Vec<(&'static str, String)> {
+    let mut f = Vec::with_capacity(13);
+    let mut opt = |k: &'static str, v: Option<String>| {
+        if let Some(v) = v {
+            f.push((k, v));
+        }
+    };
+    opt("peer_ip", e.peer_ip.map(|i| i.to_string()));
+    opt("client_ip", e.client_ip.map(|i| i.to_string()));
+    opt("user", e.user.clone());
+    opt("application", e.application.clone());
+    opt("user_agent", e.user_agent.clone());
+    opt("path", e.path.clone());
+    opt("stage", Some(e.stage.to_string()));
+    opt("list", e.list.clone());
+    opt("entry", e.entry.clone());
+    opt("action", Some(e.action.to_string()));
+    opt("status", e.status.map(|s| s.to_string()));
+    opt("upstream_ms", e.upstream_ms.map(|s| s.to_string()));
+    f
+}
+
+/// `ts key=value key="value with spaces"`; values escaped so a request
+/// cannot forge a line.
+pub fn text_line(e: &Event) -> String {
+    let mut line = e.ts.clone();
+    for (k, v) in fields(e) {
+        let plain = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\' && c != '=');
+        if plain {
+            line.push_str(&format!(" {k}={v}"));
+        } else {
+            line.push_str(&format!(
+                " {k}={}",
+                serde_json::to_string(&v).unwrap_or_default()
+            ));
+        }
+    }
+    line
+}
+
+/// RFC 5424: `<PRI>1 TS HOST stsgate PID decision [stsgate@32473 k="v" ...]`.
+pub fn syslog_line(e: &Event, host: &str, pid: u32) -> String {
+    // facility user (1), severity informational (6); notice (5) for refusals.
+    let severity = if e.action == "refuse" || e.action == "redirect" {
+        5
+    } else {
+        6
+    };
+    let mut sd = String::from("[stsgate@32473");
+    for (k, v) in fields(e) {
+        sd.push_str(&format!(" {k}=\""));
+        for c in v.chars() {
+            match c {
+                '"' | '\\' | ']' => {
+                    sd.push('\\');
+                    sd.push(c);
+                }
+                c if c.is_control() => sd.push(' '),
+                c => sd.push(c),
+            }
+        }
+        sd.push('"');
+    }
+    sd.push(']');
+    format!(
+        "<{}>1 {} {} stsgate {} decision {}",
+        8 + severity,
+        e.ts,
+        host,
+        pid,
+        sd
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
+        .unwrap_or_else(|| "-".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            ts: "2026-11-23T10:00:00.000Z".into(),
+            peer_ip: Some("10.0.0.1".parse().unwrap()),
+            client_ip: Some("5.143.1.1".parse().unwrap()),
+            user: Some("d'arcy@contoso.com".into()),
+            user_agent: Some("evil\" ] x=\\y\nforged".into()),
+            path: Some("/adfs/services/trust/2005/usernamemixed".into()),
+            stage: "ip",
+            list: Some("deny".into()),
+            entry: Some("5.143.*.*".into()),
+            action: "refuse",
+            status: Some(500),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_keys_and_omits_unknown_ones() {
+        let v: serde_json::Value = serde_json::to_value(event()).unwrap();
+        for k in [
+            "ts",
+            "peer_ip",
+            "client_ip",
+            "user",
+            "user_agent",
+            "path",
+            "stage",
+            "list",
+            "entry",
+            "action",
+            "status",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v.get("application").is_none() && v.get("upstream_ms").is_none());
+    }
+
+    #[test]
+    fn text_and_syslog_cannot_be_forged() {
+        let t = text_line(&event());
+        assert!(!t.contains('\n'));
+        assert!(t.contains(r#"user_agent="evil\" ] x=\\y\nforged""#), "{t}");
+        let s = syslog_line(&event(), "gw1", 42);
+        assert!(s.starts_with("<13>1 2026-11-23T10:00:00.000Z gw1 stsgate 42 decision [stsgate@32473 peer_ip=\"10.0.0.1\""), "{s}");
+        assert!(s.contains(r#"user_agent="evil\" \] x=\\y forged""#), "{s}");
+        assert!(
+            s.ends_with("upstream_ms=\"\"]") || s.ends_with("status=\"500\"]"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        assert_eq!(bounded(&"a".repeat(1000)).chars().count(), MAX_FIELD + 1);
+        assert_eq!(bounded("short"), "short");
+    }
+}

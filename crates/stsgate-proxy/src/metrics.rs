@@ -1,0 +1,182 @@
+//! Prometheus metrics (PRODUCT.md §4.6). Label sets are typed: a stage,
+//! an action, a result, a response class. Never an IP, a user or a header.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use stsgate_rules::{Action, Stage};
+
+/// Outcome class of an upstream exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamClass {
+    /// 2xx … 5xx answers.
+    Status(u16),
+    /// Could not connect, reset, bad answer.
+    Error,
+    /// No answer within `upstream.timeout`.
+    Timeout,
+}
+
+impl UpstreamClass {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamClass::Status(s) => match s {
+                100..=199 => "1xx",
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+            UpstreamClass::Error => "error",
+            UpstreamClass::Timeout => "timeout",
+        }
+    }
+}
+
+/// Every metric of the gate, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    reloads: IntCounterVec,
+    upstream_responses: IntCounterVec,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    /// Decision log events dropped because the writer fell behind.
+    pub log_dropped: IntCounter,
+    /// Forwarded-IP headers that did not parse.
+    pub bad_forwarded_headers: IntCounter,
+    /// Threat feeds that could not be read (their last good contents kept).
+    pub feed_failures: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let m = Metrics {
+            decisions: counter_vec(
+                "stsgate_decisions_total",
+                "Requests decided, by the stage that decided and the action taken.",
+                &["stage", "action"],
+            ),
+            reloads: counter_vec(
+                "stsgate_rule_reloads_total",
+                "Rule file reloads, by result.",
+                &["result"],
+            ),
+            upstream_responses: counter_vec(
+                "stsgate_upstream_responses_total",
+                "Upstream exchanges, by answer class.",
+                &["class"],
+            ),
+            request_duration: histogram(
+                "stsgate_request_duration_seconds",
+                "Time from request headers to response headers, as the client sees it.",
+            ),
+            upstream_duration: histogram(
+                "stsgate_upstream_duration_seconds",
+                "Time the upstream took to answer with headers.",
+            ),
+            log_dropped: counter(
+                "stsgate_decision_log_dropped_total",
+                "Decision log events dropped because the writer fell behind.",
+            ),
+            bad_forwarded_headers: counter(
+                "stsgate_forwarded_header_errors_total",
+                "Forwarded-IP headers from trusted proxies that did not parse.",
+            ),
+            feed_failures: counter(
+                "stsgate_feed_failures_total",
+                "Threat feed reads that failed; the feed's last good contents were kept.",
+            ),
+            registry,
+        };
+        // Series that exist from the start, so rates and alerts see zero.
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]).reset();
+        }
+        for class in ["2xx", "3xx", "4xx", "5xx", "error", "timeout"] {
+            m.upstream_responses.with_label_values(&[class]).reset();
+        }
+        for (stage, action) in [
+            (Stage::None, Action::Forward),
+            (Stage::Path, Action::Forward),
+            (Stage::Path, Action::Refuse),
+        ] {
+            m.decisions
+                .with_label_values(&[stage.as_str(), action.as_str()])
+                .reset();
+        }
+        m
+    }
+
+    /// Counts one decision.
+    pub fn decision(&self, stage: Stage, action: Action) {
+        self.decisions
+            .with_label_values(&[stage.as_str(), action.as_str()])
+            .inc();
+    }
+
+    /// Counts one reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Counts one upstream exchange and its duration.
+    pub fn upstream(&self, class: UpstreamClass, seconds: f64) {
+        self.upstream_responses
+            .with_label_values(&[class.label()])
+            .inc();
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// Observes one request's duration.
+    pub fn request(&self, seconds: f64) {
+        self.request_duration.observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

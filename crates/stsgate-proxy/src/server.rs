@@ -1,0 +1,264 @@
+//! Listeners and connections: TLS (HTTP/2 and HTTP/1.1 by ALPN) or plain
+//! HTTP, a cap on open connections, header read timeouts, and graceful
+//! shutdown (stop accepting, finish in-flight requests within the drain
+//! timeout). Thin main, injectable server: tests bind `127.0.0.1:0` and pass
+//! the listeners in.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::decision_log::DecisionLog;
+use crate::gate::{Conn, Gate};
+use crate::geoip::GeoIp;
+use crate::metrics::Metrics;
+use crate::reload::Rules;
+use crate::upstream::Upstream;
+
+/// A gate ready to serve: config validated, rules compiled, upstream client
+/// and decision log set up.
+pub struct Server {
+    gate: Arc<Gate>,
+    tls: Option<TlsAcceptor>,
+    admin: Arc<Admin>,
+    log_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Builds everything that can fail before binding.
+    pub fn new(config: Config) -> Result<Server> {
+        let metrics = Metrics::new();
+        let rules = Rules::load(&config.rules, metrics.clone()).map_err(|errors| {
+            anyhow::anyhow!(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+        let rules = Arc::new(rules);
+        let tls = match &config.listen.tls {
+            Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(files)?)),
+            None => None,
+        };
+        let upstream = Upstream::new(&config.upstream)?;
+        let geoip = config
+            .geoip
+            .country_db
+            .as_deref()
+            .map(GeoIp::open)
+            .transpose()?;
+        if rules.current().needs_country() && geoip.is_none() {
+            tracing::warn!(
+                "the rules restrict by country but geoip.country_db is not set: every client has country ZZ"
+            );
+        }
+        let token = match &config.admin.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read admin.token_file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        if token.as_ref().is_some_and(String::is_empty) {
+            anyhow::bail!("admin.token_file is empty");
+        }
+        let (log, log_thread) = DecisionLog::start(&config.log, metrics.clone())
+            .context("cannot start the decision log")?;
+        let admin = Arc::new(Admin::new(rules.clone(), metrics.clone(), token));
+        let gate = Arc::new(Gate::new(
+            Arc::new(config),
+            rules,
+            metrics,
+            upstream,
+            log,
+            geoip,
+        ));
+        Ok(Server {
+            gate,
+            tls,
+            admin,
+            log_thread: Some(log_thread),
+        })
+    }
+
+    /// The live rules (for SIGHUP wiring).
+    pub fn rules(&self) -> Arc<Rules> {
+        self.gate.rules.clone()
+    }
+
+    /// Binds every listen address and the admin address.
+    pub async fn bind(&self) -> Result<(Vec<TcpListener>, TcpListener)> {
+        let mut listeners = Vec::new();
+        for addr in &self.gate.config.listen.addrs {
+            listeners.push(bind(*addr).await?);
+        }
+        let admin = bind(self.gate.config.admin.addr).await?;
+        Ok((listeners, admin))
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests
+    /// (bounded by `listen.drain_timeout`).
+    pub async fn serve(
+        mut self,
+        listeners: Vec<TcpListener>,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let limit = Arc::new(Semaphore::new(self.gate.config.limits.max_connections));
+        let builder = Arc::new(connection_builder(&self.gate.config));
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in listeners {
+            tasks.spawn(accept_loop(
+                listener,
+                self.gate.clone(),
+                self.tls.clone(),
+                builder.clone(),
+                graceful.clone(),
+                limit.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        tasks.spawn(self.admin.clone().serve(admin, stop_rx.clone()));
+        tasks.spawn(self.gate.rules.clone().watch(wait_for(stop_rx.clone())));
+        self.admin.ready.store(true, Ordering::SeqCst);
+        tracing::info!(listen = ?self.gate.config.listen.addrs, admin = %self.gate.config.admin.addr, upstream = %self.gate.config.upstream.url, "stsgate ready");
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        self.admin.ready.store(false, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!("drain timeout reached: closing remaining connections");
+        }
+        // Let the decision log write what is queued.
+        let log_thread = self.log_thread.take();
+        drop(self);
+        if let Some(t) = log_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.limits.header_read_timeout)
+        .max_headers(100)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30));
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    tls: Option<TlsAcceptor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let warned = AtomicBool::new(false);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            if !warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max = gate.config.limits.max_connections,
+                    "connection limit reached: refusing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        warned.store(false, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            peer: peer.ip(),
+            tls: tls.is_some(),
+        };
+        let header_timeout = gate.config.limits.header_read_timeout;
+        let gate = gate.clone();
+        let tls = tls.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let gate = gate.clone();
+                async move { Ok::<_, Infallible>(gate.handle(req, conn).await) }
+            });
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    let Ok(Ok(stream)) = handshake else { return };
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+                None => {
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+            }
+        });
+    }
+}
