@@ -403,9 +403,9 @@ mod tests {
 
     #[test]
     fn or_file_refuses_listed_and_forwards_unlisted() {
-        let (g, rules) = compile(&Spec::new(20_000));
+        let (g, rules) = compile(&Spec::new(100_000));
         let ip = rules.blocking.ip.as_ref().expect("ip section");
-        assert!(ip.len() >= 20_000, "{} ip entries", ip.len());
+        assert!(ip.len() >= 100_000, "{} ip entries", ip.len());
         assert_eq!(
             rules.blocking.application.as_ref().map(|l| l.len()),
             Some(1_000)

@@ -210,6 +210,18 @@ pub enum Risk {
     Extreme,
 }
 
+impl Risk {
+    /// The name used in the rule file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Extreme => "extreme",
+        }
+    }
+}
+
 /// The failure actions of adaptive checks (PRODUCT.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

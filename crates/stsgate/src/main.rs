@@ -1,1 +1,214 @@
-fn main() {}
+//! # stsgate
+//!
+//! The binary: `run`, `check`, `explain` and `demo`. Wiring only: parse the
+//! arguments, set up logging, hand over to `stsgate-proxy` and
+//! `stsgate-rules`.
+
+mod demo;
+mod demo_sts;
+mod explain;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use stsgate_proxy::{Config, Server};
+use stsgate_rules::{RuleSet, SourceError};
+
+/// A WS-Trust gate in front of ADFS.
+#[derive(Parser)]
+#[command(name = "stsgate", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGINT or SIGTERM (SIGHUP reloads the rules).
+    Run {
+        /// The main config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Load and compile the config and its rule file; print a summary or every error.
+    Check {
+        /// The main config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Decide one request offline and print the trace.
+    Explain(explain::Args),
+    /// Start a demo STS on loopback with the gate in front of it.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => return check(&config),
+        Command::Explain(args) => return explain::explain(&args),
+        Command::Demo(args) => demo::demo(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Operational logs go to stderr; the decision log has stdout.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STSGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Loads the config, printing every error.
+pub(crate) fn load_config(path: &Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            print_errors(&errors);
+            None
+        }
+    }
+}
+
+pub(crate) fn print_errors(errors: &[SourceError]) {
+    for e in errors {
+        eprintln!("{e}");
+    }
+}
+
+fn run(path: &Path) -> Result<()> {
+    init_tracing();
+    let Some(config) = load_config(path) else {
+        anyhow::bail!("the config has errors")
+    };
+    runtime()?.block_on(serve(config, None))
+}
+
+/// Runs a server until SIGINT / SIGTERM, reloading on SIGHUP. `ready` is
+/// called once the listeners are bound.
+pub(crate) async fn serve(
+    config: Config,
+    ready: Option<Box<dyn FnOnce(&Config) + Send>>,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let shown = config.clone();
+    let server = Server::new(config)?;
+    let (listeners, admin) = server.bind().await?;
+    if let Some(ready) = ready {
+        ready(&shown);
+    }
+    let rules = server.rules();
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = rules.reload("SIGHUP").await;
+        }
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    server.serve(listeners, admin, shutdown).await
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(config) = load_config(path) else {
+        return ExitCode::FAILURE;
+    };
+    let mut ok = true;
+    let rules = match stsgate_proxy::reload::Rules::load(
+        &config.rules,
+        stsgate_proxy::metrics::Metrics::new(),
+    ) {
+        Ok(rules) => Some(rules.current()),
+        Err(errors) => {
+            print_errors(&errors);
+            ok = false;
+            None
+        }
+    };
+    // The files the config names must be usable too.
+    let mut problem = |what: String| {
+        eprintln!("{}:1:1: {what}", config.path.display());
+        ok = false;
+    };
+    if let Some(tls) = &config.listen.tls {
+        if let Err(e) = stsgate_proxy::tls::server_config(tls) {
+            problem(format!("listen TLS: {e:#}"));
+        }
+    }
+    if let Some(ca) = &config.upstream.ca_file {
+        if let Err(e) = stsgate_proxy::tls::load_certs(ca) {
+            problem(format!("upstream.ca_file: {e:#}"));
+        }
+    }
+    if let Some(db) = &config.geoip.country_db {
+        if let Err(e) = stsgate_proxy::geoip::GeoIp::open(db) {
+            problem(format!("geoip.country_db: {e:#}"));
+        }
+    }
+    if let Some(token) = &config.admin.token_file {
+        if std::fs::read_to_string(token)
+            .map(|t| t.trim().is_empty())
+            .unwrap_or(true)
+        {
+            problem(format!(
+                "admin.token_file {} is missing or empty",
+                token.display()
+            ));
+        }
+    }
+    if !ok {
+        return ExitCode::FAILURE;
+    }
+    let rules = rules.unwrap_or_else(|| std::sync::Arc::new(RuleSet::empty()));
+    println!(
+        "config {}: listen {}{}, upstream {}, admin {}",
+        config.path.display(),
+        config
+            .listen
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        if config.listen.tls.is_some() {
+            " (TLS)"
+        } else {
+            ""
+        },
+        config.upstream.url,
+        config.admin.addr
+    );
+    println!("rules {}:", config.rules.display());
+    for line in rules.summary() {
+        println!("  {line}");
+    }
+    for w in &rules.warnings {
+        println!("warning: {w}");
+    }
+    ExitCode::SUCCESS
+}
