@@ -1,1 +1,674 @@
+//! Test support for the black-box tests: run the real `stsgate` binary on
+//! loopback, a real recording upstream (plain or TLS), TLS certificates made
+//! with rcgen, HTTP/1.1 and HTTP/2 clients, and raw sockets for what a
+//! normal client would not send.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// A file of `../shared/testdata/wstrust/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = workspace().join("../shared/testdata/wstrust").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// The `stsgate` binary, built once per test process (cargo releases its
+/// lock while tests run, so building here is safe).
+pub fn stsgate_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+            .expect("test binary lives in target/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "-p", "stsgate", "--bin", "stsgate"])
+            .current_dir(workspace());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p stsgate failed");
+        profile_dir.join("stsgate")
+    })
+    .clone()
+}
+
+/// Runs `stsgate ARGS...` to completion: (exit code, stdout, stderr).
+pub fn stsgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(stsgate_bin())
+        .args(args)
+        .output()
+        .expect("run stsgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// ---- certificates -------------------------------------------------------
+
+/// A CA and a leaf certificate for `localhost` and 127.0.0.1, as PEM.
+pub struct Certs {
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The leaf chain (leaf then CA).
+    pub chain_pem: String,
+    /// The leaf's private key.
+    pub key_pem: String,
+}
+
+impl Certs {
+    /// Makes fresh certificates.
+    pub fn new() -> Certs {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stsgate test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "sts.test".to_string()])
+                .expect("params");
+        leaf_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+        Certs {
+            ca_pem: ca.pem(),
+            chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// Writes `ca.pem`, `cert.pem`, `key.pem` into `dir`.
+    pub fn write(&self, dir: &Path) {
+        std::fs::write(dir.join("ca.pem"), &self.ca_pem).unwrap();
+        std::fs::write(dir.join("cert.pem"), &self.chain_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &self.key_pem).unwrap();
+    }
+
+    /// A rustls server config for this leaf.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
+    /// A rustls client config trusting this CA.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+    }
+}
+
+impl Default for Certs {
+    fn default() -> Self {
+        Certs::new()
+    }
+}
+
+// ---- the recording upstream --------------------------------------------
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// HTTP version.
+    pub version: http::Version,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+/// What the upstream answers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Bytes,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Answer {
+    /// `status` with a SOAP body.
+    pub fn soap(status: u16, body: impl Into<Bytes>) -> Answer {
+        Answer {
+            status,
+            headers: vec![(
+                "content-type".into(),
+                "application/soap+xml; charset=utf-8".into(),
+            )],
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
+
+/// A real HTTP upstream on loopback that records what reaches it.
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    responder: Arc<Mutex<Responder>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Upstream {
+    /// Starts a plain HTTP upstream answering with the success fixture.
+    pub async fn start() -> Upstream {
+        Upstream::start_with(None).await
+    }
+
+    /// Starts an upstream, over TLS when `tls` is given.
+    pub async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let success = Bytes::from(fixture("rstr-2005-success.xml"));
+        let responder: Arc<Mutex<Responder>> = Arc::new(Mutex::new(Arc::new(move |_: &Seen| {
+            Answer::soap(200, success.clone())
+        })));
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (seen2, responder2) = (seen.clone(), responder.clone());
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = &mut stop_rx => break,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (seen, responder, acceptor) =
+                    (seen2.clone(), responder2.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, responder) = (seen.clone(), responder.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method.to_string(),
+                                target: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                            };
+                            let answer = (responder.lock().unwrap().clone())(&s);
+                            seen.lock().unwrap().push(s);
+                            if !answer.delay.is_zero() {
+                                tokio::time::sleep(answer.delay).await;
+                            }
+                            let mut resp = Response::new(Full::new(answer.body));
+                            *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+                            for (k, v) in answer.headers {
+                                resp.headers_mut().append(
+                                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    v.parse().unwrap(),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            responder,
+            _stop: stop_tx,
+        }
+    }
+
+    /// Changes what it answers.
+    pub fn respond(&self, f: impl Fn(&Seen) -> Answer + Send + Sync + 'static) {
+        *self.responder.lock().unwrap() = Arc::new(f);
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+// ---- the gate under test -------------------------------------------------
+
+/// A running `stsgate run` process with its files.
+pub struct Gate {
+    /// The process.
+    pub child: Child,
+    /// Its first listen address.
+    pub addr: SocketAddr,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    /// Its directory (config, rules, token, certs).
+    pub dir: tempfile::TempDir,
+    /// The admin token.
+    pub token: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start a gate.
+pub struct GateSpec<'a> {
+    /// The rule file's text.
+    pub rules: &'a str,
+    /// Extra TOML appended to the generated config (sections after the
+    /// generated ones: `[client_ip]`, `[limits]`, `[blocked]`, `[filter]`...).
+    pub extra: &'a str,
+    /// The upstream URL.
+    pub upstream: String,
+    /// Listen with TLS (certs written to the directory).
+    pub tls: Option<&'a Certs>,
+    /// Extra lines inside `[upstream]`.
+    pub upstream_extra: &'a str,
+}
+
+impl<'a> GateSpec<'a> {
+    /// A spec with rules, in front of `upstream`.
+    pub fn new(rules: &'a str, upstream: &Upstream) -> GateSpec<'a> {
+        GateSpec {
+            rules,
+            extra: "",
+            upstream: format!("http://{}", upstream.addr),
+            tls: None,
+            upstream_extra: "",
+        }
+    }
+}
+
+impl Gate {
+    /// Writes the files and starts `stsgate run`; waits until /readyz is 200.
+    pub fn start(spec: GateSpec<'_>) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/wstrust.toml"), spec.rules).unwrap();
+        let token = "test-token-0123456789".to_string();
+        std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+        let tls = match spec.tls {
+            Some(certs) => {
+                certs.write(dir.path());
+                "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+            }
+            None => "",
+        };
+        let config = format!(
+            "rules = \"rules/wstrust.toml\"\n[listen]\naddr = \"127.0.0.1:0\"\ndrain_timeout = \"10s\"\n{tls}\n[upstream]\nurl = \"{}\"\nconnect_timeout = \"2s\"\ntimeout = \"5s\"\n{}\n[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n[state]\ndir = \"state\"\n{}\n",
+            spec.upstream, spec.upstream_extra, spec.extra
+        );
+        std::fs::write(dir.path().join("stsgate.toml"), config).unwrap();
+        Gate::spawn(dir, token)
+    }
+
+    /// Starts `stsgate run` on an existing directory holding `stsgate.toml`.
+    pub fn spawn(dir: tempfile::TempDir, token: String) -> Gate {
+        let mut child = Command::new(stsgate_bin())
+            .args(["run", "--config"])
+            .arg(dir.path().join("stsgate.toml"))
+            .env("STSGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stsgate");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect_lines(child.stdout.take().unwrap(), stdout.clone());
+        collect_lines(child.stderr.take().unwrap(), stderr.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (addr, admin) = loop {
+            if let Some(found) = stderr.lock().unwrap().iter().find_map(|l| ready_line(l)) {
+                break found;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "stsgate exited with {status}: {}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stsgate did not get ready: {}",
+                stderr.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let gate = Gate {
+            child,
+            addr,
+            admin,
+            dir,
+            token,
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while raw(
+            gate.admin,
+            b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .0 != 200
+        {
+            assert!(Instant::now() < deadline, "readyz never 200");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gate
+    }
+
+    /// The rule file path.
+    pub fn rules_path(&self) -> PathBuf {
+        self.dir.path().join("rules/wstrust.toml")
+    }
+
+    /// `http(s)://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.dir.path().join("cert.pem").exists() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// The decision log lines parsed as JSON (log.format = "json").
+    pub fn decisions(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Raw stdout lines.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Raw stderr lines (operational log).
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `f` holds for the decision log, or panics after 5 s.
+    pub fn wait_decisions(
+        &self,
+        f: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let d = self.decisions();
+            if f(&d) {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "decision log never matched: {d:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `INT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (up to `timeout`); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET an admin path: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        raw(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+
+    /// POST an admin API path with the token: (status, body).
+    pub fn api_post(&self, path: &str) -> (u16, String) {
+        raw(
+            self.admin,
+            format!("POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.token)
+                .as_bytes(),
+        )
+    }
+
+    /// The value of one metric series, e.g. `stsgate_decisions_total{action="refuse",stage="ip"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect_lines(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+fn ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("stsgate ready") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(|v| v.split(',').next().unwrap_or(v).to_string())
+    };
+    Some((
+        field("listen=")?.parse().ok()?,
+        field("admin=")?.parse().ok()?,
+    ))
+}
+
+// ---- clients -------------------------------------------------------------
+
+/// Sends raw bytes and reads until the peer closes (or 10 s): (status, whole answer).
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, if status == 0 { text } else { body })
+}
+
+/// A plain HTTP/1.1 client.
+pub fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// An HTTPS client trusting `certs`' CA; `h2` forces HTTP/2 (ALPN), else HTTP/1.1.
+pub fn https_client(
+    certs: &Certs,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(certs.client_config())
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build(connector)
+}
+
+/// A received answer.
+#[derive(Debug)]
+pub struct Got {
+    /// Status.
+    pub status: u16,
+    /// Version.
+    pub version: http::Version,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Got {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends a request with any client; panics on transport errors.
+pub async fn send<C>(client: &Client<C, Full<Bytes>>, req: Request<Full<Bytes>>) -> Got
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let resp = client.request(req).await.expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A POST of `body` to `url` with `headers`.
+pub fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url).header("content-type", "application/soap+xml; charset=utf-8");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+/// The WS-Trust 2005 path.
+pub const USERNAMEMIXED: &str = "/adfs/services/trust/2005/usernamemixed";

@@ -127,6 +127,15 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.gate.config.limits.max_connections));
         let builder = Arc::new(connection_builder(&self.gate.config));
 
+        let bound: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let admin_addr = admin
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         for listener in listeners {
             tasks.spawn(accept_loop(
@@ -142,7 +151,7 @@ impl Server {
         tasks.spawn(self.admin.clone().serve(admin, stop_rx.clone()));
         tasks.spawn(self.gate.rules.clone().watch(wait_for(stop_rx.clone())));
         self.admin.ready.store(true, Ordering::SeqCst);
-        tracing::info!(listen = ?self.gate.config.listen.addrs, admin = %self.gate.config.admin.addr, upstream = %self.gate.config.upstream.url, "stsgate ready");
+        tracing::info!(listen = %bound.join(","), admin = %admin_addr, upstream = %self.gate.config.upstream.url, tls = self.tls.is_some(), "stsgate ready");
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
