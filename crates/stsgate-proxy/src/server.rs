@@ -168,8 +168,9 @@ impl Server {
         // Let the decision log write what is queued.
         let log_thread = self.log_thread.take();
         drop(self);
+        // Connections cut at the drain timeout may still hold the log's sender.
         if let Some(t) = log_thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || t.join())).await;
         }
         Ok(())
     }
