@@ -119,6 +119,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Connections open at once, all clients together.
     pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_ip: usize,
 }
 
 /// `blocked.style`.
@@ -279,6 +281,8 @@ struct RawLimits {
     header_read_timeout: Option<Spanned<String>>,
     /// Default 10000.
     max_connections: Option<Spanned<i64>>,
+    /// Default 1000 (Exchange Online sends many sign-ins from few addresses).
+    max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -471,14 +475,8 @@ impl Config {
                 raw.limits.header_read_timeout.as_ref(),
                 Duration::from_secs(10),
             ),
-            max_connections: match &raw.limits.max_connections {
-                None => 10_000,
-                Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
-                Some(n) => {
-                    v.error(n, "max_connections must be at least 1");
-                    1
-                }
-            },
+            max_connections: v.count(raw.limits.max_connections.as_ref(), 10_000),
+            max_connections_per_ip: v.count(raw.limits.max_connections_per_ip.as_ref(), 1_000),
         };
 
         let admin = Admin {
@@ -575,6 +573,17 @@ impl Validator<'_> {
             Err(_) => {
                 self.error(a, format!("invalid address {:?}: expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\"", a.get_ref()));
                 None
+            }
+        }
+    }
+
+    fn count(&mut self, n: Option<&Spanned<i64>>, default: usize) -> usize {
+        match n {
+            None => default,
+            Some(n) if *n.get_ref() >= 1 => usize::try_from(*n.get_ref()).unwrap_or(usize::MAX),
+            Some(n) => {
+                self.error(n, "must be a whole number, at least 1");
+                default
             }
         }
     }

@@ -125,6 +125,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
         let limit = Arc::new(Semaphore::new(self.gate.config.limits.max_connections));
+        let per_ip = Arc::new(PerIp::new(self.gate.config.limits.max_connections_per_ip));
         let builder = Arc::new(connection_builder(&self.gate.config));
 
         let bound: Vec<String> = listeners
@@ -145,6 +146,7 @@ impl Server {
                 builder.clone(),
                 graceful.clone(),
                 limit.clone(),
+                per_ip.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -194,12 +196,20 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.limits.header_read_timeout)
         .max_headers(100)
         .max_buf_size(64 * 1024);
+    // HTTP/2: bounded streams, windows and frames; rapid-reset floods cut off.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
         .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(30));
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buf_size(256 * 1024)
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
@@ -210,6 +220,7 @@ async fn accept_loop(
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     mut stop: watch::Receiver<bool>,
 ) {
     let warned = AtomicBool::new(false);
@@ -226,6 +237,10 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(per_ip) = per_ip.acquire(peer.ip()) else {
+            drop(stream);
+            continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             if !warned.swap(true, Ordering::Relaxed) {
@@ -249,7 +264,7 @@ async fn accept_loop(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, per_ip);
             let service = service_fn(move |req| {
                 let gate = gate.clone();
                 async move { Ok::<_, Infallible>(gate.handle(req, conn).await) }
@@ -270,5 +285,68 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Open connections per peer address, capped. The map holds only peers with
+/// open connections, so it is bounded by `max_connections`.
+pub struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted against its peer; released on drop.
+pub struct PerIpPermit {
+    owner: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    /// A cap of `max` connections per peer address.
+    pub fn new(max: usize) -> PerIp {
+        PerIp { max, open: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// Counts a new connection from `ip`, or `None` when it has `max` open.
+    pub fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpPermit> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpPermit { owner: self.clone(), ip })
+    }
+}
+
+impl Drop for PerIpPermit {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_cap_counts_and_forgets() {
+        let cap = Arc::new(PerIp::new(2));
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let a = cap.acquire(ip).unwrap();
+        let _b = cap.acquire(ip).unwrap();
+        assert!(cap.acquire(ip).is_none());
+        assert!(cap.acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(a);
+        let _c = cap.acquire(ip).unwrap();
+        drop(_c);
+        drop(_b);
+        assert!(cap.open.lock().unwrap().is_empty(), "peers without connections are forgotten");
     }
 }
