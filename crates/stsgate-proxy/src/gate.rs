@@ -82,10 +82,6 @@ impl Gate {
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
-        if let Err(status) = framing_is_unambiguous(req.headers()) {
-            self.metrics.request(started.elapsed().as_secs_f64());
-            return blocked::plain(status, "Bad Request\n");
-        }
         let response = match self.paths.classify(req.uri().path()) {
             PathClass::Forward => {
                 self.metrics.decision(Stage::Path, Action::Forward);
@@ -296,17 +292,6 @@ impl Gate {
     pub fn drain_timeout(&self) -> Duration {
         self.config.listen.drain_timeout
     }
-}
-
-/// A request whose body length could be read two ways is refused (400)
-/// and never forwarded: Content-Length together with Transfer-Encoding, or
-/// several Content-Length values (RFC 9112 §6.3; no smuggling through the gate).
-fn framing_is_unambiguous(headers: &HeaderMap) -> Result<(), StatusCode> {
-    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
-    if lengths > 1 || (lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING)) {
-        return Err(StatusCode::BAD_REQUEST);
-    }
-    Ok(())
 }
 
 /// A header's value as text (UTF-8, lossy); several instances joined with
