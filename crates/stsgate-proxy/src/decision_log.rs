@@ -99,7 +99,7 @@ impl DecisionLog {
 }
 
 enum Sink {
-    Stdout(std::io::Stdout),
+    Stdout(std::io::BufWriter<std::io::Stdout>),
     Udp(std::net::UdpSocket, String),
     Tcp(Option<std::net::TcpStream>, String),
 }
@@ -116,18 +116,29 @@ impl Sink {
                 Sink::Udp(std::net::UdpSocket::bind(bind)?, addr.clone())
             }
             Some(SyslogAddr::Tcp(addr)) => Sink::Tcp(None, addr.clone()),
-            None => Sink::Stdout(std::io::stdout()),
+            None => Sink::Stdout(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
         })
+    }
+
+    /// Pushes buffered lines out; called whenever the queue runs empty.
+    fn flush(&mut self) {
+        if let Sink::Stdout(out) = self {
+            let _ = out.flush();
+        }
     }
 
     fn write(&mut self, line: &str) {
         match self {
             Sink::Stdout(out) => {
-                let mut lock = out.lock();
-                let _ = lock
-                    .write_all(line.as_bytes())
-                    .and_then(|_| lock.write_all(b"\n"))
-                    .and_then(|_| lock.flush());
+                let _ = out.write_all(line.as_bytes()).and_then(|_| {
+                    out.write_all(
+                        b"
+",
+                    )
+                });
             }
             Sink::Udp(sock, addr) => {
                 let _ = sock.send_to(line.as_bytes(), addr.as_str());
@@ -158,13 +169,19 @@ fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat) {
     } else {
         LogFormat::Syslog
     };
-    for event in rx {
-        let line = match format {
-            LogFormat::Json => serde_json::to_string(&event).unwrap_or_default(),
-            LogFormat::Text => text_line(&event),
-            LogFormat::Syslog => syslog_line(&event, &host, pid),
-        };
-        sink.write(&line);
+    // Write what is queued, then flush once: one write call per burst, not per event.
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(event) = next {
+            let line = match format {
+                LogFormat::Json => serde_json::to_string(&event).unwrap_or_default(),
+                LogFormat::Text => text_line(&event),
+                LogFormat::Syslog => syslog_line(&event, &host, pid),
+            };
+            sink.write(&line);
+            next = rx.try_recv().ok();
+        }
+        sink.flush();
     }
 }
 

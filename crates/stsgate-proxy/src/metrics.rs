@@ -4,6 +4,8 @@
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use std::sync::{Arc, OnceLock};
+
 use stsgate_rules::{Action, Stage};
 
 /// Outcome class of an upstream exchange.
@@ -18,18 +20,44 @@ pub enum UpstreamClass {
 }
 
 impl UpstreamClass {
-    fn label(self) -> &'static str {
+    /// Every `class` label, by index.
+    const LABELS: [&'static str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"];
+
+    fn index(self) -> usize {
         match self {
-            UpstreamClass::Status(s) => match s {
-                100..=199 => "1xx",
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
-            },
-            UpstreamClass::Error => "error",
-            UpstreamClass::Timeout => "timeout",
+            UpstreamClass::Status(100..=199) => 0,
+            UpstreamClass::Status(200..=299) => 1,
+            UpstreamClass::Status(300..=399) => 2,
+            UpstreamClass::Status(400..=499) => 3,
+            UpstreamClass::Status(_) => 4,
+            UpstreamClass::Error => 5,
+            UpstreamClass::Timeout => 6,
         }
+    }
+}
+
+/// The series of a counter family, looked up by index instead of by label
+/// hash on the request path; a series appears on first use.
+#[derive(Clone)]
+struct Cells {
+    family: IntCounterVec,
+    cells: Arc<[OnceLock<IntCounter>]>,
+}
+
+impl Cells {
+    fn new(family: IntCounterVec, len: usize) -> Cells {
+        Cells {
+            family,
+            cells: (0..len).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn get(&self, index: usize, labels: impl FnOnce() -> [&'static str; 2]) -> &IntCounter {
+        self.cells[index].get_or_init(|| {
+            let labels = labels();
+            let n = if labels[1].is_empty() { 1 } else { 2 };
+            self.family.with_label_values(&labels[..n])
+        })
     }
 }
 
@@ -37,9 +65,9 @@ impl UpstreamClass {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    decisions: IntCounterVec,
+    decisions: Cells,
     reloads: IntCounterVec,
-    upstream_responses: IntCounterVec,
+    upstream_responses: Cells,
     request_duration: Histogram,
     upstream_duration: Histogram,
     /// Decision log events dropped because the writer fell behind.
@@ -83,20 +111,26 @@ impl Metrics {
             h
         };
         let m = Metrics {
-            decisions: counter_vec(
-                "stsgate_decisions_total",
-                "Requests decided, by the stage that decided and the action taken.",
-                &["stage", "action"],
+            decisions: Cells::new(
+                counter_vec(
+                    "stsgate_decisions_total",
+                    "Requests decided, by the stage that decided and the action taken.",
+                    &["stage", "action"],
+                ),
+                Stage::ALL.len() * Action::ALL.len(),
             ),
             reloads: counter_vec(
                 "stsgate_rule_reloads_total",
                 "Rule file reloads, by result.",
                 &["result"],
             ),
-            upstream_responses: counter_vec(
-                "stsgate_upstream_responses_total",
-                "Upstream exchanges, by answer class.",
-                &["class"],
+            upstream_responses: Cells::new(
+                counter_vec(
+                    "stsgate_upstream_responses_total",
+                    "Upstream exchanges, by answer class.",
+                    &["class"],
+                ),
+                UpstreamClass::LABELS.len(),
             ),
             request_duration: histogram(
                 "stsgate_request_duration_seconds",
@@ -124,26 +158,30 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]).reset();
         }
-        for class in ["2xx", "3xx", "4xx", "5xx", "error", "timeout"] {
-            m.upstream_responses.with_label_values(&[class]).reset();
+        for class in 1..UpstreamClass::LABELS.len() {
+            m.upstream_responses
+                .get(class, || [UpstreamClass::LABELS[class], ""])
+                .reset();
         }
         for (stage, action) in [
             (Stage::None, Action::Forward),
             (Stage::Path, Action::Forward),
             (Stage::Path, Action::Refuse),
         ] {
-            m.decisions
-                .with_label_values(&[stage.as_str(), action.as_str()])
-                .reset();
+            m.decision_cell(stage, action).reset();
         }
         m
     }
 
     /// Counts one decision.
     pub fn decision(&self, stage: Stage, action: Action) {
+        self.decision_cell(stage, action).inc();
+    }
+
+    fn decision_cell(&self, stage: Stage, action: Action) -> &IntCounter {
+        let index = stage as usize * Action::ALL.len() + action as usize;
         self.decisions
-            .with_label_values(&[stage.as_str(), action.as_str()])
-            .inc();
+            .get(index, || [stage.as_str(), action.as_str()])
     }
 
     /// Counts one reload.
@@ -155,8 +193,9 @@ impl Metrics {
 
     /// Counts one upstream exchange and its duration.
     pub fn upstream(&self, class: UpstreamClass, seconds: f64) {
+        let index = class.index();
         self.upstream_responses
-            .with_label_values(&[class.label()])
+            .get(index, || [UpstreamClass::LABELS[index], ""])
             .inc();
         self.upstream_duration.observe(seconds);
     }

@@ -172,7 +172,11 @@ impl Server {
         drop(self);
         // Connections cut at the drain timeout may still hold the log's sender.
         if let Some(t) = log_thread {
-            let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || t.join())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::task::spawn_blocking(move || t.join()),
+            )
+            .await;
         }
         Ok(())
     }
@@ -304,7 +308,10 @@ pub struct PerIpPermit {
 impl PerIp {
     /// A cap of `max` connections per peer address.
     pub fn new(max: usize) -> PerIp {
-        PerIp { max, open: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        PerIp {
+            max,
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Counts a new connection from `ip`, or `None` when it has `max` open.
@@ -315,7 +322,10 @@ impl PerIp {
             return None;
         }
         *n += 1;
-        Some(PerIpPermit { owner: self.clone(), ip })
+        Some(PerIpPermit {
+            owner: self.clone(),
+            ip,
+        })
     }
 }
 
@@ -347,6 +357,9 @@ mod tests {
         let _c = cap.acquire(ip).unwrap();
         drop(_c);
         drop(_b);
-        assert!(cap.open.lock().unwrap().is_empty(), "peers without connections are forgotten");
+        assert!(
+            cap.open.lock().unwrap().is_empty(),
+            "peers without connections are forgotten"
+        );
     }
 }
