@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use stsgate_tests::*;
 
-const ALLOW_ALL: &str = "[request_blocking.user_agent]\nrule = \"deny\"\nentries = [\"python-requests\"]\n";
+const ALLOW_ALL: &str =
+    "[request_blocking.user_agent]\nrule = \"deny\"\nentries = [\"python-requests\"]\n";
 
 /// Sends raw bytes, returns the status line's code (0: no answer).
 fn status_of(addr: SocketAddr, bytes: &[u8]) -> u16 {
@@ -20,9 +21,22 @@ async fn header_limits_answer_431() {
     let upstream = Upstream::start().await;
     let gate = Gate::start(GateSpec::new(ALLOW_ALL, &upstream));
     let many: String = (0..150).map(|i| format!("X-H{i}: 1\r\n")).collect();
-    assert_eq!(status_of(gate.addr, format!("GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n").as_bytes()), 431);
+    assert_eq!(
+        status_of(
+            gate.addr,
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n").as_bytes()
+        ),
+        431
+    );
     let big = "a".repeat(70_000);
-    assert_eq!(status_of(gate.addr, format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes()), 431);
+    assert_eq!(
+        status_of(
+            gate.addr,
+            format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
+                .as_bytes()
+        ),
+        431
+    );
     assert_eq!(upstream.count(), 0);
 }
 
@@ -33,15 +47,23 @@ async fn protocol_abuse_is_refused_or_reframed_and_never_smuggled() {
     let p = USERNAMEMIXED;
     // refused outright
     for bad in [
-        format!("POST {p} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!"),
-        format!("POST {p} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        format!(
+            "POST {p} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello!"
+        ),
+        format!(
+            "POST {p} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+        ),
         format!("GET {p} HTTP/1.1\r\nHost: a\r\nX-A: b\r\n  folded\r\nConnection: close\r\n\r\n"),
         format!("POST {p} HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\nConnection: close\r\n\r\n".to_string(),
     ] {
         assert_eq!(status_of(gate.addr, bad.as_bytes()), 400, "{bad:?}");
     }
-    assert_eq!(upstream.count(), 0, "nothing malformed reached the upstream");
+    assert_eq!(
+        upstream.count(),
+        0,
+        "nothing malformed reached the upstream"
+    );
     // Content-Length with Transfer-Encoding: read by Transfer-Encoding alone,
     // and the smuggled second request never becomes a request of its own.
     let smuggle = format!(
@@ -51,7 +73,10 @@ async fn protocol_abuse_is_refused_or_reframed_and_never_smuggled() {
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(&seen[0].body[..], b"hello");
-    assert!(!seen[0].headers.contains_key("transfer-encoding") || seen[0].headers.get("content-length").is_none());
+    assert!(
+        !seen[0].headers.contains_key("transfer-encoding")
+            || seen[0].headers.get("content-length").is_none()
+    );
     // absolute-form targets are classified by their path, like the forwarded request
     let (status, _) = raw(gate.addr, b"GET http://evil.example/adfs/services/trust/13/windowstransport HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 500);
@@ -64,24 +89,57 @@ async fn hostile_bodies_are_decided_at_bounded_cost() {
     let gate = Gate::start(GateSpec::new(ALLOW_ALL, &upstream));
     let bomb = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">{}]><s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\"><s:Header>&lol9;</s:Header></s:Envelope>",
-        (1..10).map(|i| format!("<!ENTITY lol{i} \"{}\">", format!("&lol{};", i - 1).repeat(10))).collect::<String>()
+        (1..10)
+            .map(|i| format!(
+                "<!ENTITY lol{i} \"{}\">",
+                format!("&lol{};", i - 1).repeat(10)
+            ))
+            .collect::<String>()
     );
     let external = "<!DOCTYPE x [<!ENTITY e SYSTEM \"file:///etc/passwd\">]><x>&e;</x>".to_string();
     let deep = "<a>".repeat(60_000);
-    let attrs = format!("<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" {}>", (0..20_000).map(|i| format!("a{i}=\"1\" ")).collect::<String>());
+    let attrs = format!(
+        "<s:Envelope xmlns:s=\"http://www.w3.org/2003/05/soap-envelope\" {}>",
+        (0..20_000)
+            .map(|i| format!("a{i}=\"1\" "))
+            .collect::<String>()
+    );
     let mut invalid = fixture("rst-2005-usernamemixed.xml");
     invalid.extend_from_slice(&[0xff, 0xfe, 0x00, 0xc3]);
     let client = http_client();
-    for (name, body) in [("bomb", bomb.into_bytes()), ("external", external.into_bytes()), ("deep", deep.into_bytes()), ("attrs", attrs.into_bytes()), ("invalid utf-8", invalid)] {
+    for (name, body) in [
+        ("bomb", bomb.into_bytes()),
+        ("external", external.into_bytes()),
+        ("deep", deep.into_bytes()),
+        ("attrs", attrs.into_bytes()),
+        ("invalid utf-8", invalid),
+    ] {
         let started = Instant::now();
         let got = send(&client, post(&gate.url(USERNAMEMIXED), &[], body.clone())).await;
-        assert_eq!(got.status, 200, "{name} is forwarded as it came (the STS judges it)");
-        assert!(started.elapsed() < Duration::from_secs(3), "{name} took {:?}", started.elapsed());
-        assert_eq!(&upstream.seen().last().unwrap().body[..], &body[..], "{name} passes untouched");
+        assert_eq!(
+            got.status, 200,
+            "{name} is forwarded as it came (the STS judges it)"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            &upstream.seen().last().unwrap().body[..],
+            &body[..],
+            "{name} passes untouched"
+        );
     }
     let log = gate.wait_decisions(|d| d.len() >= 5);
-    assert!(log.iter().all(|e| e.get("user").is_none()), "no user is read from hostile bodies: {log:?}");
-    assert!(!gate.stdout().join("\n").contains("root:"), "no external entity was resolved");
+    assert!(
+        log.iter().all(|e| e.get("user").is_none()),
+        "no user is read from hostile bodies: {log:?}"
+    );
+    assert!(
+        !gate.stdout().join("\n").contains("root:"),
+        "no external entity was resolved"
+    );
 }
 
 /// A raw TCP "upstream" whose every connection is handled by `f`.
@@ -122,14 +180,37 @@ async fn broken_upstreams_are_502_and_never_stall_others() {
         ("closed without answer", format!("http://{closes}")),
         ("dns failure", "http://no-such-host.invalid:80".to_string()),
     ] {
-        let spec = GateSpec { upstream, ..GateSpec::new(ALLOW_ALL, &Upstream::start().await) };
+        let spec = GateSpec {
+            upstream,
+            ..GateSpec::new(ALLOW_ALL, &Upstream::start().await)
+        };
         let gate = Gate::start(spec);
         let started = Instant::now();
-        let got = send(&http_client(), post(&gate.url(USERNAMEMIXED), &[], fixture("rst-2005-usernamemixed.xml"))).await;
+        let got = send(
+            &http_client(),
+            post(
+                &gate.url(USERNAMEMIXED),
+                &[],
+                fixture("rst-2005-usernamemixed.xml"),
+            ),
+        )
+        .await;
         assert_eq!(got.status, 502, "{name}");
-        assert!(started.elapsed() < Duration::from_secs(8), "{name} took {:?}", started.elapsed());
-        assert_eq!(gate.metric("stsgate_upstream_responses_total{class=\"error\"}"), 1.0, "{name}");
-        assert_eq!(gate.admin_get("/healthz").0, 200, "{name}: the gate still runs");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            gate.metric("stsgate_upstream_responses_total{class=\"error\"}"),
+            1.0,
+            "{name}"
+        );
+        assert_eq!(
+            gate.admin_get("/healthz").0,
+            200,
+            "{name}: the gate still runs"
+        );
     }
 }
 
@@ -138,7 +219,11 @@ async fn a_slow_upstream_does_not_stall_other_requests() {
     let upstream = Upstream::start().await;
     upstream.respond(|seen| {
         let mut a = Answer::soap(200, "<ok/>");
-        if seen.headers.get("x-ms-client-user-agent").is_some_and(|v| v == "slow") {
+        if seen
+            .headers
+            .get("x-ms-client-user-agent")
+            .is_some_and(|v| v == "slow")
+        {
             a.delay = Duration::from_secs(3);
         }
         a
@@ -148,14 +233,30 @@ async fn a_slow_upstream_does_not_stall_other_requests() {
     let slow = {
         let client = client.clone();
         let url = gate.url(USERNAMEMIXED);
-        tokio::spawn(async move { send(&client, post(&url, &[("x-ms-client-user-agent", "slow")], "<x/>")).await.status })
+        tokio::spawn(async move {
+            send(
+                &client,
+                post(&url, &[("x-ms-client-user-agent", "slow")], "<x/>"),
+            )
+            .await
+            .status
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     for _ in 0..20 {
-        assert_eq!(send(&client, post(&gate.url(USERNAMEMIXED), &[], "<x/>")).await.status, 200);
+        assert_eq!(
+            send(&client, post(&gate.url(USERNAMEMIXED), &[], "<x/>"))
+                .await
+                .status,
+            200
+        );
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "fast requests waited for the slow one: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "fast requests waited for the slow one: {:?}",
+        started.elapsed()
+    );
     assert_eq!(slow.await.unwrap(), 200);
 }
 
@@ -165,7 +266,11 @@ async fn rule_file_deleted_or_half_written_keeps_the_old_rules() {
     let rules = "[request_blocking.ip]\nrule = \"deny\"\nentries = [\"127.0.0.1\"]\n";
     let gate = Gate::start(GateSpec::new(rules, &upstream));
     let client = http_client();
-    let refused = || async { send(&http_client(), post(&gate.url(USERNAMEMIXED), &[], "<x/>")).await.status };
+    let refused = || async {
+        send(&http_client(), post(&gate.url(USERNAMEMIXED), &[], "<x/>"))
+            .await
+            .status
+    };
     assert_eq!(refused().await, 500);
     std::fs::remove_file(gate.rules_path()).unwrap();
     assert_eq!(gate.api_post("/api/v1/reload").0, 422);
@@ -176,23 +281,46 @@ async fn rule_file_deleted_or_half_written_keeps_the_old_rules() {
     assert!(gate.metric("stsgate_rule_reloads_total{result=\"failure\"}") >= 2.0);
     std::fs::write(gate.rules_path(), "").unwrap();
     assert_eq!(gate.api_post("/api/v1/reload").0, 200);
-    assert_eq!(send(&client, post(&gate.url(USERNAMEMIXED), &[], "<x/>")).await.status, 200);
+    assert_eq!(
+        send(&client, post(&gate.url(USERNAMEMIXED), &[], "<x/>"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_ip_cap_are_refused_not_queued() {
     let upstream = Upstream::start().await;
-    let gate = Gate::start(GateSpec { extra: "[limits]\nmax_connections_per_ip = 3\n", ..GateSpec::new(ALLOW_ALL, &upstream) });
+    let gate = Gate::start(GateSpec {
+        extra: "[limits]\nmax_connections_per_ip = 3\n",
+        ..GateSpec::new(ALLOW_ALL, &upstream)
+    });
     // three idle connections hold the cap
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(gate.addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(gate.addr).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut fourth = TcpStream::connect(gate.addr).unwrap();
-    fourth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     let mut buf = Vec::new();
     let read = fourth.read_to_end(&mut buf);
-    assert!(read.is_err() || buf.is_empty(), "the fourth connection was served: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "the fourth connection was served: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(status_of(gate.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 200, "freed slots are usable again");
+    assert_eq!(
+        status_of(
+            gate.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ),
+        200,
+        "freed slots are usable again"
+    );
 }
