@@ -30,9 +30,14 @@ else
     unset RUSTC_BOOTSTRAP
 fi
 
-# Build first, so that the time limit is fuzzing time.
+# Build first, so that the time limit is fuzzing time. Cargo caches rustc's
+# answers in target/.rustc_info.json without regard to RUSTC_BOOTSTRAP: a
+# build once tried without it keeps failing until that cache is dropped.
 for t in "${targets[@]}"; do
-    cargo fuzz build "$t"
+    if ! cargo fuzz build "$t" 2>/dev/null; then
+        rm -f target/.rustc_info.json
+        cargo fuzz build "$t"
+    fi
 done
 
 failed=()

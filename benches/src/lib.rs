@@ -119,7 +119,7 @@ impl Spec {
             applications: 1_000,
             user_agents: 1_000,
             logic: Logic::Or,
-            seed: 0x5EED_0F_57_56A7E,
+            seed: 0x0005_EED0_F575_6A7E,
         }
     }
 
