@@ -121,6 +121,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once from one peer address.
     pub max_connections_per_ip: usize,
+    /// A connection with nothing read and no request in flight this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// `blocked.style`.
@@ -283,6 +285,8 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     /// Default 1000 (Exchange Online sends many sign-ins from few addresses).
     max_connections_per_ip: Option<Spanned<i64>>,
+    /// Default 60s.
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -477,6 +481,7 @@ impl Config {
             ),
             max_connections: v.count(raw.limits.max_connections.as_ref(), 10_000),
             max_connections_per_ip: v.count(raw.limits.max_connections_per_ip.as_ref(), 1_000),
+            idle_timeout: v.duration(raw.limits.idle_timeout.as_ref(), Duration::from_secs(60)),
         };
 
         let admin = Admin {

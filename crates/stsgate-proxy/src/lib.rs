@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision_log;
 pub mod gate;
 pub mod geoip;
+pub mod idle;
 pub mod metrics;
 pub mod paths;
 pub mod proxy_body;

@@ -24,6 +24,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::decision_log::DecisionLog;
 use crate::gate::{Conn, Gate};
+use crate::idle::{Activity, Tracked};
 use crate::geoip::GeoIp;
 use crate::metrics::Metrics;
 use crate::reload::Rules;
@@ -242,51 +243,58 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(per_ip) = per_ip.acquire(peer.ip()) else {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they are IPv4.
+        let peer_ip = peer.ip().to_canonical();
+        let Some(per_ip) = per_ip.acquire(peer_ip) else {
             drop(stream);
             continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             if !warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    max = gate.config.limits.max_connections,
-                    "connection limit reached: refusing new connections"
-                );
+                tracing::warn!(max = gate.config.limits.max_connections, "connection limit reached: refusing new connections");
             }
             drop(stream);
             continue;
         };
         warned.store(false, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            peer: peer.ip(),
-            tls: tls.is_some(),
-        };
-        let header_timeout = gate.config.limits.header_read_timeout;
+        let conn = Conn { peer: peer_ip, tls: tls.is_some() };
+        let limits = gate.config.limits.clone();
         let gate = gate.clone();
         let tls = tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permits = (permit, per_ip);
+            let activity = Activity::new();
+            let stream = Tracked::new(stream, activity.clone());
+            let requests = activity.clone();
             let service = service_fn(move |req| {
                 let gate = gate.clone();
-                async move { Ok::<_, Infallible>(gate.handle(req, conn).await) }
+                let in_flight = requests.request();
+                async move {
+                    let response = gate.handle(req, conn).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            match tls {
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
-                    let Ok(Ok(stream)) = handshake else { return };
-                    let _ = watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await;
+            let served = async {
+                match tls {
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else { return };
+                        let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                    }
+                    None => {
+                        let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                    }
                 }
-                None => {
-                    let _ = watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
-                        .await;
-                }
+            };
+            // Whichever ends first: the connection, or its idleness (dropping
+            // the connection closes the socket).
+            tokio::select! {
+                _ = served => {}
+                _ = activity.idle(limits.header_read_timeout, limits.idle_timeout) => {}
             }
         });
     }

@@ -234,26 +234,13 @@ impl RuleSet {
             },
             self.use_adaptive,
         ));
+        for (name, list) in [("application", &b.application), ("user_agent", &b.user_agent)] {
+            if let Some(l) = list {
+                lines.push(format!("request_blocking.{name}: {} list, {}", rule_name(l.rule), entries(l.len())));
+            }
+        }
         if let Some(l) = &b.ip {
-            lines.push(format!(
-                "request_blocking.ip: {} list, {} entries",
-                rule_name(l.rule),
-                l.len()
-            ));
-        }
-        if let Some(l) = &b.application {
-            lines.push(format!(
-                "request_blocking.application: {} list, {} entries",
-                rule_name(l.rule),
-                l.len()
-            ));
-        }
-        if let Some(l) = &b.user_agent {
-            lines.push(format!(
-                "request_blocking.user_agent: {} list, {} entries",
-                rule_name(l.rule),
-                l.len()
-            ));
+            lines.insert(1, format!("request_blocking.ip: {} list, {}", rule_name(l.rule), entries(l.len())));
         }
         if let Some(c) = &self.adaptive.ip_country {
             let (kind, rule, n) = match &c.restricted {
@@ -261,24 +248,22 @@ impl RuleSet {
                 Restricted::Country { rule, entries, .. } => ("country", *rule, entries.len()),
             };
             lines.push(format!(
-                "adaptive.ip_country: {}, {kind} {} list, {n} entries, failure_action {}",
+                "adaptive.ip_country: {}, {kind} {} list, {}, failure_action {}",
                 if c.enabled { "enabled" } else { "disabled" },
                 rule_name(rule),
+                entries(n),
                 crate::Action::from(c.action).as_str(),
             ));
         }
         if let Some(t) = &self.adaptive.threat {
             lines.push(format!(
-                "adaptive.threat: {}, {} feeds, {} whitelist entries",
+                "adaptive.threat: {}, {} feeds, whitelist {}",
                 if t.enabled { "enabled" } else { "disabled" },
                 t.feeds.len(),
-                t.whitelist.len()
+                entries(t.whitelist.len())
             ));
             for f in &t.feeds {
-                lines.push(format!(
-                    "adaptive.threat.feeds.{}: {:?} risk, {} entries from {}",
-                    f.name, f.risk, f.entries, f.path
-                ));
+                lines.push(format!("adaptive.threat.feeds.{}: {} risk, {} from {}", f.name, f.risk.as_str(), entries(f.entries), f.path));
             }
         }
         if let Some(l) = &self.lockout {
@@ -306,6 +291,11 @@ impl RuleSet {
         }
         lines
     }
+}
+
+/// "1 entry", "2 entries".
+fn entries(n: usize) -> String {
+    if n == 1 { "1 entry".to_string() } else { format!("{n} entries") }
 }
 
 /// A [`FeedSource`] for rule files without feeds: every feed is an error.

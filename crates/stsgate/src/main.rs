@@ -210,5 +210,8 @@ fn check(path: &Path) -> ExitCode {
     for w in &rules.warnings {
         println!("warning: {w}");
     }
+    if rules.needs_country() && config.geoip.country_db.is_none() {
+        println!("warning: the rules restrict by country but geoip.country_db is not set: every client would have country ZZ");
+    }
     ExitCode::SUCCESS
 }
