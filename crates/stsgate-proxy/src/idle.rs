@@ -1,6 +1,7 @@
-//! Connection idleness: a connection that sends nothing for
-//! `limits.header_read_timeout` after it opens, or that sits with no request
-//! in flight and nothing read for `limits.idle_timeout`, is closed. The
+//! Connection idleness: a connection whose first request has not begun
+//! `limits.header_read_timeout` after it opened (silent, or stalled in a TLS
+//! or HTTP/2 preamble), or that sits with no request in flight and nothing
+//! read for `limits.idle_timeout`, is closed. The
 //! socket is wrapped to note when bytes last arrived; a watchdog per
 //! connection does the rest. Requests in flight (a slow STS) never count as
 //! idleness.
@@ -8,7 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,12 +22,19 @@ pub struct Activity {
     /// Milliseconds after `opened` of the last read that brought bytes; 0: none yet.
     last_read_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// A request has begun on this connection.
+    spoke: AtomicBool,
 }
 
 impl Activity {
     /// A connection opened now.
     pub fn new() -> Arc<Activity> {
-        Arc::new(Activity { opened: Instant::now(), last_read_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) })
+        Arc::new(Activity {
+            opened: Instant::now(),
+            last_read_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            spoke: AtomicBool::new(false),
+        })
     }
 
     fn read_happened(&self) {
@@ -37,18 +45,19 @@ impl Activity {
     /// Marks a request in flight until the guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.spoke.store(true, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection is idle: silent for `first` since it
-    /// opened, or, once it spoke, silent for `idle` with no request in flight.
+    /// Resolves when the connection is idle: no request begun `first` after
+    /// it opened, or, once one did, nothing read for `idle` with no request
+    /// in flight.
     pub async fn idle(&self, first: Duration, idle: Duration) {
         loop {
-            let last = self.last_read_ms.load(Ordering::Relaxed);
-            let (since, limit) = if last == 0 {
-                (self.opened, first)
+            let (since, limit) = if self.spoke.load(Ordering::Relaxed) {
+                (self.opened + Duration::from_millis(self.last_read_ms.load(Ordering::Relaxed)), idle)
             } else {
-                (self.opened + Duration::from_millis(last), idle)
+                (self.opened, first)
             };
             let deadline = since + limit;
             if Instant::now() >= deadline {
@@ -132,7 +141,13 @@ mod tests {
         let started = Instant::now();
         a.idle(first, idle).await;
         assert_eq!(started.elapsed(), first);
-        // spoke: idle after `idle` from the last read
+        // bytes alone (a preamble) do not count as speaking
+        a.read_happened();
+        let started = Instant::now();
+        a.idle(first, idle).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // after a request: idle after `idle` from the last read
+        drop(a.request());
         a.read_happened();
         let started = Instant::now();
         a.idle(first, idle).await;

@@ -136,75 +136,78 @@ impl Rules {
         }
     }
 
-    /// Watches the rule file's directory (and its feeds' directories) and
-    /// reloads on change, debounced. Runs until `shutdown` resolves.
+    /// Reloads when the rule file or a threat feed changes on disk, until
+    /// `shutdown` resolves. Their directories are watched (editors and `mv`
+    /// replace files), and every second each file's identity (inode, size,
+    /// modification time, following symlinks) is compared with the last
+    /// load, which also catches Kubernetes ConfigMap updates (a symlink swap
+    /// that directory watches cannot follow). Debounced; the watch list is
+    /// renewed after each reload, so feeds added later are watched too.
     pub async fn watch(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let mut watched: Vec<PathBuf> = vec![self.path.clone()];
-        watched.extend(
-            self.feeds
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned(),
-        );
-        let names: Vec<PathBuf> = watched.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if event.kind.is_access() {
-                    return;
-                }
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| names.iter().any(|n| same_file_name(p, n)))
-                {
-                    let _ = tx.try_send(());
-                }
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the rule file; reload with SIGHUP or the API");
-                return;
-            }
-        };
-        let mut dirs: Vec<PathBuf> = watched
-            .iter()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in &dirs {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir.as_path()
-            };
-            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
-            }
-        }
         tokio::pin!(shutdown);
+        let mut files = self.watched_files();
+        let mut seen = fingerprints(&files).await;
+        let mut _watcher = watch_dirs(&files, tx.clone());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                got = rx.recv() => {
-                    if got.is_none() { break; }
-                    // Let a burst of events (editor save, mv) settle.
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    while rx.try_recv().is_ok() {}
-                    let _ = self.reload("file change").await;
-                }
+                _ = rx.recv() => {}
+                _ = tick.tick() => {}
             }
+            if fingerprints(&files).await == seen {
+                continue;
+            }
+            // Let a burst of writes (editor save, mv, ConfigMap swap) settle.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = self.reload("file change").await;
+            files = self.watched_files();
+            seen = fingerprints(&files).await;
+            _watcher = watch_dirs(&files, tx.clone());
         }
-        drop(watcher);
+    }
+
+    /// The rule file and every feed the last compile read.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(self.feeds.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        files
     }
 }
 
-fn same_file_name(event_path: &Path, watched: &Path) -> bool {
-    event_path.file_name().is_some() && event_path.file_name() == watched.file_name()
+/// What identifies a file's contents cheaply: `None` when it cannot be read.
+type Fingerprint = Option<(u64, u64, u64, std::time::SystemTime)>;
+
+async fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(tokio::fs::metadata(f).await.ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))));
+    }
+    out
+}
+
+/// Watches the directories of `files`; any event there wakes the watch loop.
+fn watch_dirs(files: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch the rule file's directory: changes are seen within a second"))
+    .ok()?;
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|p| p.parent()).map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(watcher)
 }
 
 fn compile_file(
