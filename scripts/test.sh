@@ -15,3 +15,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo test --workspace --all-targets
+# The fuzz targets must keep building (fuzzing itself: fuzz/run.sh).
+cargo build --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
