@@ -6,6 +6,8 @@
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 
 use serde::Serialize;
@@ -74,6 +76,7 @@ pub fn bounded(s: &str) -> String {
 pub struct DecisionLog {
     tx: SyncSender<Event>,
     metrics: Metrics,
+    closing: Arc<AtomicBool>,
 }
 
 impl DecisionLog {
@@ -85,10 +88,17 @@ impl DecisionLog {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let sink = Sink::open(config)?;
         let format = config.format;
+        let closing = Arc::new(AtomicBool::new(false));
+        let stop = closing.clone();
         let handle = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_loop(rx, sink, format))?;
-        Ok((DecisionLog { tx, metrics }, handle))
+            .spawn(move || write_loop(rx, sink, format, &stop))?;
+        Ok((DecisionLog { tx, metrics, closing }, handle))
+    }
+
+    /// Asks the writer to write what is queued and end (at shutdown).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Queues one event; never blocks.
@@ -162,7 +172,7 @@ impl Sink {
     }
 }
 
-fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat) {
+fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat, closing: &AtomicBool) {
     let host = hostname();
     let pid = std::process::id();
     // Remote syslog always speaks syslog.
@@ -196,6 +206,9 @@ fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat) {
         }
         if wrote {
             sink.flush();
+        }
+        if closing.load(Ordering::SeqCst) {
+            return;
         }
         std::thread::sleep(BATCH_PAUSE);
     }

@@ -54,7 +54,7 @@ pub struct Gate {
     upstream: Upstream,
     paths: PathFilter,
     log: DecisionLog,
-    geoip: Option<GeoIp>,
+    geoip: Option<Arc<GeoIp>>,
 }
 
 impl Gate {
@@ -65,7 +65,7 @@ impl Gate {
         metrics: Metrics,
         upstream: Upstream,
         log: DecisionLog,
-        geoip: Option<GeoIp>,
+        geoip: Option<Arc<GeoIp>>,
     ) -> Gate {
         let paths = PathFilter::new(&config.filter);
         Gate {
@@ -77,6 +77,24 @@ impl Gate {
             log,
             geoip,
         }
+    }
+
+    /// The same gate with its own upstream connection pool (one per worker thread).
+    pub fn with_own_upstream(&self) -> anyhow::Result<Gate> {
+        Ok(Gate {
+            config: self.config.clone(),
+            rules: self.rules.clone(),
+            metrics: self.metrics.clone(),
+            upstream: Upstream::new(&self.config.upstream)?,
+            paths: self.paths.clone(),
+            log: self.log.clone(),
+            geoip: self.geoip.clone(),
+        })
+    }
+
+    /// Ends the decision log's writer once it has written what is queued.
+    pub fn close_log(&self) {
+        self.log.close();
     }
 
     /// Answers one request. Never fails: every error is an HTTP answer.

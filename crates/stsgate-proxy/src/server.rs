@@ -8,16 +8,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
@@ -62,7 +62,7 @@ impl Server {
             .geoip
             .country_db
             .as_deref()
-            .map(GeoIp::open)
+            .map(|db| GeoIp::open(db).map(Arc::new))
             .transpose()?;
         if rules.current().needs_country() && geoip.is_none() {
             tracing::warn!(
@@ -124,30 +124,28 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let limits = &self.gate.config.limits;
+        let limit = Arc::new(Semaphore::new(limits.max_connections));
+        let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
+        let shared = Arc::new(Shared {
+            tls: self.tls.clone(),
+            builder: connection_builder(&self.gate.config),
+        });
         let graceful = Arc::new(GracefulShutdown::new());
-        let limit = Arc::new(Semaphore::new(self.gate.config.limits.max_connections));
-        let per_ip = Arc::new(PerIp::new(self.gate.config.limits.max_connections_per_ip));
-        let builder = Arc::new(connection_builder(&self.gate.config));
+        let workers = Arc::new(Workers::start(&self.gate, shared.clone())?);
 
-        let bound: Vec<String> = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-            .collect();
-        let admin_addr = admin
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let bound: Vec<String> = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
+        let admin_addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         for listener in listeners {
             tasks.spawn(accept_loop(
                 listener,
-                self.gate.clone(),
-                self.tls.clone(),
-                builder.clone(),
+                workers.clone(),
                 graceful.clone(),
+                self.tls.is_some(),
                 limit.clone(),
                 per_ip.clone(),
+                limits.max_connections,
                 stop_rx.clone(),
             ));
         }
@@ -161,23 +159,25 @@ impl Server {
         self.admin.ready.store(false, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
+        // The accept loops are gone: closing the queues lets each worker end
+        // once its connections have.
+        drop(workers);
         let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown()).await.is_ok();
         if !drained {
             tracing::warn!("drain timeout reached: closing remaining connections");
         }
         // Let the decision log write what is queued.
-        let log_thread = self.log_thread.take();
-        drop(self);
-        // Connections cut at the drain timeout may still hold the log's sender.
-        if let Some(t) = log_thread {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                tokio::task::spawn_blocking(move || t.join()),
-            )
-            .await;
+        // The decision log writes what is queued, then ends; connections
+        // cut at the drain timeout may still be running, so wait boundedly.
+        self.gate.close_log();
+        if let Some(t) = self.log_thread.take() {
+            for _ in 0..200 {
+                if t.is_finished() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         Ok(())
     }
@@ -218,14 +218,114 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A connection accepted, on its way to a worker.
+struct Accepted {
+    stream: std::net::TcpStream,
+    conn: Conn,
+    permits: (OwnedSemaphorePermit, PerIpPermit),
+    watcher: Watcher,
+}
+
+/// What every worker shares.
+struct Shared {
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+/// Thread-per-core serving: each worker thread runs its own single-threaded
+/// runtime and upstream connection pool and serves whole connections, so a
+/// request never hops between threads. Accept loops deal connections out
+/// round robin.
+struct Workers {
+    queues: Vec<mpsc::Sender<Accepted>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    fn start(gate: &Gate, shared: Arc<Shared>) -> Result<Workers> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut queues = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel(1024);
+            let gate = Arc::new(gate.with_own_upstream()?);
+            let shared = shared.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            std::thread::Builder::new()
+                .name(format!("stsgate-worker-{i}"))
+                .spawn(move || runtime.block_on(worker(rx, gate, shared)))?;
+            queues.push(tx);
+        }
+        Ok(Workers { queues, next: AtomicUsize::new(0) })
+    }
+
+    async fn dispatch(&self, accepted: Accepted) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let _ = self.queues[i].send(accepted).await;
+    }
+}
+
+/// One worker: serves the connections it is given until its queue closes,
+/// then until they end.
+async fn worker(mut queue: mpsc::Receiver<Accepted>, gate: Arc<Gate>, shared: Arc<Shared>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = queue.recv() => match accepted {
+                Some(a) => {
+                    connections.spawn(serve_connection(a, gate.clone(), shared.clone()));
+                }
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection(accepted: Accepted, gate: Arc<Gate>, shared: Arc<Shared>) {
+    let Accepted { stream, conn, permits: _permits, watcher } = accepted;
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+    let limits = gate.config.limits.clone();
+    let activity = Activity::new();
+    let stream = Tracked::new(stream, activity.clone());
+    let requests = activity.clone();
+    let service = service_fn(move |req| {
+        let gate = gate.clone();
+        let in_flight = requests.request();
+        async move {
+            let response = gate.handle(req, conn).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let served = async {
+        match &shared.tls {
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                let Ok(Ok(stream)) = handshake.await else { return };
+                let _ = watcher.watch(shared.builder.serve_connection(TokioIo::new(stream), service)).await;
+            }
+            None => {
+                let _ = watcher.watch(shared.builder.serve_connection(TokioIo::new(stream), service)).await;
+            }
+        }
+    };
+    // Whichever ends first: the connection, or its idleness (dropping the
+    // connection closes the socket).
+    tokio::select! {
+        _ = served => {}
+        _ = activity.idle(limits.header_read_timeout, limits.idle_timeout) => {}
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    gate: Arc<Gate>,
-    tls: Option<TlsAcceptor>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
+    tls: bool,
     limit: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    max_connections: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let warned = AtomicBool::new(false);
@@ -251,52 +351,17 @@ async fn accept_loop(
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             if !warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(max = gate.config.limits.max_connections, "connection limit reached: refusing new connections");
+                tracing::warn!(max = max_connections, "connection limit reached: refusing new connections");
             }
             drop(stream);
             continue;
         };
         warned.store(false, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let conn = Conn { peer: peer_ip, tls: tls.is_some() };
-        let limits = gate.config.limits.clone();
-        let gate = gate.clone();
-        let tls = tls.clone();
-        let builder = builder.clone();
+        let Ok(stream) = stream.into_std() else { continue };
+        let conn = Conn { peer: peer_ip, tls };
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permits = (permit, per_ip);
-            let activity = Activity::new();
-            let stream = Tracked::new(stream, activity.clone());
-            let requests = activity.clone();
-            let service = service_fn(move |req| {
-                let gate = gate.clone();
-                let in_flight = requests.request();
-                async move {
-                    let response = gate.handle(req, conn).await;
-                    drop(in_flight);
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let served = async {
-                match tls {
-                    Some(acceptor) => {
-                        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                        let Ok(Ok(stream)) = handshake.await else { return };
-                        let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                    }
-                    None => {
-                        let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                    }
-                }
-            };
-            // Whichever ends first: the connection, or its idleness (dropping
-            // the connection closes the socket).
-            tokio::select! {
-                _ = served => {}
-                _ = activity.idle(limits.header_read_timeout, limits.idle_timeout) => {}
-            }
-        });
+        workers.dispatch(Accepted { stream, conn, permits: (permit, per_ip), watcher }).await;
     }
 }
 

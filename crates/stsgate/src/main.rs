@@ -74,9 +74,9 @@ fn init_tracing() {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    // Connections are served by the proxy's own worker threads (one per
+    // core); this runtime accepts, reloads and answers the admin listener.
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?)
 }
 
 /// Loads the config, printing every error.
