@@ -12,11 +12,14 @@ import sys
 out, n_ip, n_hdr = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(20261123)
 
-ips = []
-for i in range(n_ip):
+ips, seen = [], set()
+while len(ips) < n_ip:
     a = rnd.choice([5, 31, 45, 77, 91, 103, 141, 185, 193, 212])
     b, c, d = rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)
-    ips.append(f"{a}.{b}.{c}.0/24" if i % 4 == 0 else f"{a}.{b}.{c}.{d}/32")
+    ip = f"{a}.{b}.{c}.0/24" if len(ips) % 4 == 0 else f"{a}.{b}.{c}.{d}/32"
+    if ip not in seen:  # nginx's geo warns about duplicates
+        seen.add(ip)
+        ips.append(ip)
 
 def words(prefix):
     return [f"{prefix}-{rnd.randrange(16**8):08x}" for _ in range(n_hdr)]
