@@ -328,15 +328,36 @@ async fn connections_over_the_per_ip_cap_are_refused_not_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_overall_cap_are_refused_not_queued() {
     let upstream = Upstream::start().await;
-    let gate = Gate::start(GateSpec { extra: "[limits]\nmax_connections = 2\n", ..GateSpec::new(ALLOW_ALL, &upstream) });
-    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(gate.addr).unwrap()).collect();
+    let gate = Gate::start(GateSpec {
+        extra: "[limits]\nmax_connections = 2\n",
+        ..GateSpec::new(ALLOW_ALL, &upstream)
+    });
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(gate.addr).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let (status, _) = raw(gate.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    assert_eq!(status, 0, "a third connection was served past max_connections = 2");
-    assert!(gate.stderr().iter().any(|l| l.contains("connection limit reached")));
+    let (status, _) = raw(
+        gate.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        status, 0,
+        "a third connection was served past max_connections = 2"
+    );
+    assert!(
+        gate.stderr()
+            .iter()
+            .any(|l| l.contains("connection limit reached"))
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(status_of(gate.addr, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 200);
+    assert_eq!(
+        status_of(
+            gate.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ),
+        200
+    );
 }
 
 /// The HTTP/2 limits a client is told in the server's first SETTINGS frame
@@ -347,7 +368,8 @@ async fn http2_stream_window_and_frame_limits_are_announced() {
     let gate = Gate::start(GateSpec::new(ALLOW_ALL, &upstream));
     let mut s = TcpStream::connect(gate.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
     let mut head = [0u8; 9];
     s.read_exact(&mut head).unwrap();
     let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
@@ -356,10 +378,30 @@ async fn http2_stream_window_and_frame_limits_are_announced() {
     s.read_exact(&mut payload).unwrap();
     let settings: std::collections::HashMap<u16, u32> = payload
         .chunks_exact(6)
-        .map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]])))
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
         .collect();
-    assert_eq!(settings.get(&0x3), Some(&100), "MAX_CONCURRENT_STREAMS: {settings:?}");
-    assert_eq!(settings.get(&0x4), Some(&(256 * 1024)), "INITIAL_WINDOW_SIZE: {settings:?}");
-    assert_eq!(settings.get(&0x6), Some(&(64 * 1024)), "MAX_HEADER_LIST_SIZE: {settings:?}");
-    assert!(settings.get(&0x5).is_none_or(|&v| v == 16 * 1024), "MAX_FRAME_SIZE: {settings:?}");
+    assert_eq!(
+        settings.get(&0x3),
+        Some(&100),
+        "MAX_CONCURRENT_STREAMS: {settings:?}"
+    );
+    assert_eq!(
+        settings.get(&0x4),
+        Some(&(256 * 1024)),
+        "INITIAL_WINDOW_SIZE: {settings:?}"
+    );
+    assert_eq!(
+        settings.get(&0x6),
+        Some(&(64 * 1024)),
+        "MAX_HEADER_LIST_SIZE: {settings:?}"
+    );
+    assert!(
+        settings.get(&0x5).is_none_or(|&v| v == 16 * 1024),
+        "MAX_FRAME_SIZE: {settings:?}"
+    );
 }

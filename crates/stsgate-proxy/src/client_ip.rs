@@ -133,6 +133,7 @@ fn truncate(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::headers;
     use http::HeaderName;
 
     fn config(trusted: &[&str], all: bool) -> ClientIp {
@@ -152,18 +153,9 @@ mod tests {
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn derivation() {
         let c = config(&["10.0.0.0/8"], false);
         #[rustfmt::skip]

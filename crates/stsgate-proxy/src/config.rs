@@ -345,12 +345,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Vec<SourceError>> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![SourceError {
-                path: shown.clone(),
-                line: 1,
-                column: 1,
-                message: format!("cannot read the config file: {e}"),
-            }]
+            vec![SourceError::whole_file(
+                &shown,
+                format!("cannot read the config file: {e}"),
+            )]
         })?;
         Config::parse(&shown, &text)
     }

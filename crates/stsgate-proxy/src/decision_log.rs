@@ -93,7 +93,14 @@ impl DecisionLog {
         let handle = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || write_loop(rx, sink, format, &stop))?;
-        Ok((DecisionLog { tx, metrics, closing }, handle))
+        Ok((
+            DecisionLog {
+                tx,
+                metrics,
+                closing,
+            },
+            handle,
+        ))
     }
 
     /// Asks the writer to write what is queued and end (at shutdown).
@@ -213,7 +220,6 @@ fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat, closing: &
         std::thread::sleep(BATCH_PAUSE);
     }
 }
-
 
 fn fields(e: &Event) -> Vec<(&'static str, String)> {
     let mut f = Vec::with_capacity(13);

@@ -25,3 +25,20 @@ pub mod wstrust;
 
 pub use config::Config;
 pub use server::Server;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::{HeaderMap, HeaderName};
+
+    /// A header map from name/value pairs (names in any case, repeats kept).
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+}

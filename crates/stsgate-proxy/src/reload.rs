@@ -106,12 +106,10 @@ impl Rules {
         })
         .await
         .unwrap_or_else(|e| {
-            Err(vec![SourceError {
-                path: self.path.display().to_string(),
-                line: 1,
-                column: 1,
-                message: format!("reload failed: {e}"),
-            }])
+            Err(vec![SourceError::whole_file(
+                self.path.display().to_string(),
+                format!("reload failed: {e}"),
+            )])
         });
         match compiled {
             Ok(rules) => {
@@ -173,7 +171,13 @@ impl Rules {
     /// The rule file and every feed the last compile read.
     fn watched_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.path.clone()];
-        files.extend(self.feeds.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        files.extend(
+            self.feeds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
         files
     }
 }
@@ -185,13 +189,23 @@ async fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
-        out.push(tokio::fs::metadata(f).await.ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH))));
+        out.push(tokio::fs::metadata(f).await.ok().map(|m| {
+            (
+                m.dev(),
+                m.ino(),
+                m.len(),
+                m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            )
+        }));
     }
     out
 }
 
 /// Watches the directories of `files`; any event there wakes the watch loop.
-fn watch_dirs(files: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch_dirs(
+    files: &[PathBuf],
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.try_send(());
@@ -199,7 +213,17 @@ fn watch_dirs(files: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Option<no
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the rule file's directory: changes are seen within a second"))
     .ok()?;
-    let mut dirs: Vec<&Path> = files.iter().filter_map(|p| p.parent()).map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }).collect();
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .filter_map(|p| p.parent())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .collect();
     dirs.sort();
     dirs.dedup();
     for dir in dirs {
@@ -217,12 +241,10 @@ fn compile_file(
 ) -> Result<RuleSet, Vec<SourceError>> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![SourceError {
-            path: shown.clone(),
-            line: 1,
-            column: 1,
-            message: format!("cannot read the rule file: {e}"),
-        }]
+        vec![SourceError::whole_file(
+            &shown,
+            format!("cannot read the rule file: {e}"),
+        )]
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     RuleSet::compile(

@@ -24,8 +24,8 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::decision_log::DecisionLog;
 use crate::gate::{Conn, Gate};
-use crate::idle::{Activity, Tracked};
 use crate::geoip::GeoIp;
+use crate::idle::{Activity, Tracked};
 use crate::metrics::Metrics;
 use crate::reload::Rules;
 use crate::upstream::Upstream;
@@ -125,8 +125,11 @@ impl Server {
     ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = &self.gate.config.limits;
-        let limit = Arc::new(Semaphore::new(limits.max_connections));
-        let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip));
+        let admission = Admission {
+            limit: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: Arc::new(PerIp::new(limits.max_connections_per_ip)),
+            max_connections: limits.max_connections,
+        };
         let shared = Arc::new(Shared {
             tls: self.tls.clone(),
             builder: connection_builder(&self.gate.config),
@@ -134,8 +137,15 @@ impl Server {
         let graceful = Arc::new(GracefulShutdown::new());
         let workers = Arc::new(Workers::start(&self.gate, shared.clone())?);
 
-        let bound: Vec<String> = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
-        let admin_addr = admin.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let bound: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let admin_addr = admin
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let mut tasks = tokio::task::JoinSet::new();
         for listener in listeners {
             tasks.spawn(accept_loop(
@@ -143,9 +153,7 @@ impl Server {
                 workers.clone(),
                 graceful.clone(),
                 self.tls.is_some(),
-                limit.clone(),
-                per_ip.clone(),
-                limits.max_connections,
+                admission.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -163,7 +171,9 @@ impl Server {
         // once its connections have.
         drop(workers);
         let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown()).await.is_ok();
+        let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown())
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!("drain timeout reached: closing remaining connections");
         }
@@ -249,13 +259,18 @@ impl Workers {
             let (tx, rx) = mpsc::channel(1024);
             let gate = Arc::new(gate.with_own_upstream()?);
             let shared = shared.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             std::thread::Builder::new()
                 .name(format!("stsgate-worker-{i}"))
                 .spawn(move || runtime.block_on(worker(rx, gate, shared)))?;
             queues.push(tx);
         }
-        Ok(Workers { queues, next: AtomicUsize::new(0) })
+        Ok(Workers {
+            queues,
+            next: AtomicUsize::new(0),
+        })
     }
 
     async fn dispatch(&self, accepted: Accepted) {
@@ -283,8 +298,15 @@ async fn worker(mut queue: mpsc::Receiver<Accepted>, gate: Arc<Gate>, shared: Ar
 }
 
 async fn serve_connection(accepted: Accepted, gate: Arc<Gate>, shared: Arc<Shared>) {
-    let Accepted { stream, conn, permits: _permits, watcher } = accepted;
-    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+    let Accepted {
+        stream,
+        conn,
+        permits: _permits,
+        watcher,
+    } = accepted;
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
     let limits = gate.config.limits.clone();
     let activity = Activity::new();
     let stream = Tracked::new(stream, activity.clone());
@@ -301,12 +323,27 @@ async fn serve_connection(accepted: Accepted, gate: Arc<Gate>, shared: Arc<Share
     let served = async {
         match &shared.tls {
             Some(acceptor) => {
-                let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
-                let Ok(Ok(stream)) = handshake.await else { return };
-                let _ = watcher.watch(shared.builder.serve_connection(TokioIo::new(stream), service)).await;
+                let handshake =
+                    tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                let Ok(Ok(stream)) = handshake.await else {
+                    return;
+                };
+                let _ = watcher
+                    .watch(
+                        shared
+                            .builder
+                            .serve_connection(TokioIo::new(stream), service),
+                    )
+                    .await;
             }
             None => {
-                let _ = watcher.watch(shared.builder.serve_connection(TokioIo::new(stream), service)).await;
+                let _ = watcher
+                    .watch(
+                        shared
+                            .builder
+                            .serve_connection(TokioIo::new(stream), service),
+                    )
+                    .await;
             }
         }
     };
@@ -318,16 +355,27 @@ async fn serve_connection(accepted: Accepted, gate: Arc<Gate>, shared: Arc<Share
     }
 }
 
+/// Who may open a connection: the caps, overall and per peer.
+#[derive(Clone)]
+struct Admission {
+    limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    max_connections: usize,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     workers: Arc<Workers>,
     graceful: Arc<GracefulShutdown>,
     tls: bool,
-    limit: Arc<Semaphore>,
-    per_ip: Arc<PerIp>,
-    max_connections: usize,
+    admission: Admission,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Admission {
+        limit,
+        per_ip,
+        max_connections,
+    } = admission;
     let warned = AtomicBool::new(false);
     loop {
         let accepted = tokio::select! {
@@ -351,17 +399,29 @@ async fn accept_loop(
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             if !warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(max = max_connections, "connection limit reached: refusing new connections");
+                tracing::warn!(
+                    max = max_connections,
+                    "connection limit reached: refusing new connections"
+                );
             }
             drop(stream);
             continue;
         };
         warned.store(false, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        let Ok(stream) = stream.into_std() else { continue };
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let conn = Conn { peer: peer_ip, tls };
         let watcher = graceful.watcher();
-        workers.dispatch(Accepted { stream, conn, permits: (permit, per_ip), watcher }).await;
+        workers
+            .dispatch(Accepted {
+                stream,
+                conn,
+                permits: (permit, per_ip),
+                watcher,
+            })
+            .await;
     }
 }
 

@@ -27,6 +27,19 @@ impl fmt::Display for SourceError {
     }
 }
 
+impl SourceError {
+    /// A problem with a file as a whole (it cannot be read, say), reported
+    /// at its first line and column.
+    pub fn whole_file(path: impl Into<String>, message: impl Into<String>) -> SourceError {
+        SourceError {
+            path: path.into(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+        }
+    }
+}
+
 /// Maps byte offsets of one source text to lines and columns.
 #[derive(Debug, Clone)]
 pub struct SourceText<'a> {

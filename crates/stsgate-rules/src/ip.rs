@@ -26,9 +26,12 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// One item of a parsed entry: its byte offset in the entry, its text, its pattern.
+pub type Item<'a> = (usize, &'a str, IpPattern);
+
 /// Parses one string of IP notation into its items, each with its byte offset
 /// in `text` (for error positions). Errors carry the offset of the bad item.
-pub fn parse_entry(text: &str) -> Result<Vec<(usize, &str, IpPattern)>, (usize, String)> {
+pub fn parse_entry(text: &str) -> Result<Vec<Item<'_>>, (usize, String)> {
     let mut items = Vec::new();
     let mut offset = 0;
     for part in text.split(',') {

@@ -234,13 +234,27 @@ impl RuleSet {
             },
             self.use_adaptive,
         ));
-        for (name, list) in [("application", &b.application), ("user_agent", &b.user_agent)] {
+        for (name, list) in [
+            ("application", &b.application),
+            ("user_agent", &b.user_agent),
+        ] {
             if let Some(l) = list {
-                lines.push(format!("request_blocking.{name}: {} list, {}", rule_name(l.rule), entries(l.len())));
+                lines.push(format!(
+                    "request_blocking.{name}: {} list, {}",
+                    rule_name(l.rule),
+                    entries(l.len())
+                ));
             }
         }
         if let Some(l) = &b.ip {
-            lines.insert(1, format!("request_blocking.ip: {} list, {}", rule_name(l.rule), entries(l.len())));
+            lines.insert(
+                1,
+                format!(
+                    "request_blocking.ip: {} list, {}",
+                    rule_name(l.rule),
+                    entries(l.len())
+                ),
+            );
         }
         if let Some(c) = &self.adaptive.ip_country {
             let (kind, rule, n) = match &c.restricted {
@@ -263,7 +277,13 @@ impl RuleSet {
                 entries(t.whitelist.len())
             ));
             for f in &t.feeds {
-                lines.push(format!("adaptive.threat.feeds.{}: {} risk, {} from {}", f.name, f.risk.as_str(), entries(f.entries), f.path));
+                lines.push(format!(
+                    "adaptive.threat.feeds.{}: {} risk, {} from {}",
+                    f.name,
+                    f.risk.as_str(),
+                    entries(f.entries),
+                    f.path
+                ));
             }
         }
         if let Some(l) = &self.lockout {
@@ -295,7 +315,11 @@ impl RuleSet {
 
 /// "1 entry", "2 entries".
 fn entries(n: usize) -> String {
-    if n == 1 { "1 entry".to_string() } else { format!("{n} entries") }
+    if n == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{n} entries")
+    }
 }
 
 /// A [`FeedSource`] for rule files without feeds: every feed is an error.

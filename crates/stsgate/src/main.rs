@@ -76,7 +76,10 @@ fn init_tracing() {
 fn runtime() -> Result<tokio::runtime::Runtime> {
     // Connections are served by the proxy's own worker threads (one per
     // core); this runtime accepts, reloads and answers the admin listener.
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
 }
 
 /// Loads the config, printing every error.
@@ -104,12 +107,12 @@ fn run(path: &Path) -> Result<()> {
     runtime()?.block_on(serve(config, None))
 }
 
+/// Called once the listeners are bound (the demo prints its welcome).
+pub(crate) type OnReady = Box<dyn FnOnce(&Config) + Send>;
+
 /// Runs a server until SIGINT / SIGTERM, reloading on SIGHUP. `ready` is
 /// called once the listeners are bound.
-pub(crate) async fn serve(
-    config: Config,
-    ready: Option<Box<dyn FnOnce(&Config) + Send>>,
-) -> Result<()> {
+pub(crate) async fn serve(config: Config, ready: Option<OnReady>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let shown = config.clone();
     let server = Server::new(config)?;
@@ -211,7 +214,9 @@ fn check(path: &Path) -> ExitCode {
         println!("warning: {w}");
     }
     if rules.needs_country() && config.geoip.country_db.is_none() {
-        println!("warning: the rules restrict by country but geoip.country_db is not set: every client would have country ZZ");
+        println!(
+            "warning: the rules restrict by country but geoip.country_db is not set: every client would have country ZZ"
+        );
     }
     ExitCode::SUCCESS
 }
