@@ -14,6 +14,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo test --workspace --all-targets
 # The fuzz targets must keep building (fuzzing itself: fuzz/run.sh).
 cargo build --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
+cargo test --workspace --all-targets
