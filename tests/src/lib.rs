@@ -498,9 +498,10 @@ impl Gate {
 
     /// Sends a signal (`HUP`, `TERM`, `INT`) to the process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
+        // The shell's own `kill`: no procps needed.
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{sig} {}", self.child.id()))
             .status()
             .unwrap()
             .success();

@@ -1037,9 +1037,9 @@ fn demo_runs_and_its_printed_commands_work() {
     assert!(curls >= 7, "{curls} curl lines in {printed:#?}");
 
     // Ctrl-C stops it cleanly
-    let ok = Command::new("kill")
-        .arg("-INT")
-        .arg(demo.child.id().to_string())
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -INT {}", demo.child.id()))
         .status()
         .unwrap()
         .success();
