@@ -33,6 +33,16 @@ pub type Item<'a> = (usize, &'a str, IpPattern);
 /// in `text` (for error positions). Errors carry the offset of the bad item.
 pub fn parse_entry(text: &str) -> Result<Vec<Item<'_>>, (usize, String)> {
     let mut items = Vec::new();
+    for_each_item(text, |at, item, pattern| items.push((at, item, pattern)))?;
+    Ok(items)
+}
+
+/// [`parse_entry`] without the vector: `f` sees each item as it is parsed
+/// (the compile of a large list calls this once per entry).
+pub fn for_each_item<'a>(
+    text: &'a str,
+    mut f: impl FnMut(usize, &'a str, IpPattern),
+) -> Result<(), (usize, String)> {
     let mut offset = 0;
     for part in text.split(',') {
         let lead = part.len() - part.trim_start().len();
@@ -46,17 +56,25 @@ pub fn parse_entry(text: &str) -> Result<Vec<Item<'_>>, (usize, String)> {
             };
             return Err((at, what.to_string()));
         }
-        for pattern in parse_item(item).map_err(|m| (at, m))? {
-            items.push((at, item, pattern));
+        for pattern in parse_item(item).map_err(|m| (at, m))?.into_iter().flatten() {
+            f(at, item, pattern);
         }
         offset += part.len() + 1;
     }
-    Ok(items)
+    Ok(())
+}
+
+/// The one to three patterns an item stands for (three: a v6 range across
+/// the IPv4-mapped block), without a heap allocation per item.
+type Patterns = [Option<IpPattern>; 3];
+
+fn one_pattern(p: IpPattern) -> Patterns {
+    [Some(p), None, None]
 }
 
 /// Parses one item (no commas). A v6 interval that overlaps the IPv4-mapped
 /// block yields the overlapping part as IPv4 too.
-fn parse_item(item: &str) -> Result<Vec<IpPattern>, String> {
+fn parse_item(item: &str) -> Result<Patterns, String> {
     let invalid = |why: &str| {
         format!(
             "invalid IP entry {item:?}: {why} (expected an address, a CIDR such as 10.0.0.0/8, \
@@ -64,7 +82,7 @@ fn parse_item(item: &str) -> Result<Vec<IpPattern>, String> {
         )
     };
     if item == "*" {
-        return Ok(vec![IpPattern::Any]);
+        return Ok(one_pattern(IpPattern::Any));
     }
     if item.contains('/') {
         let net: ipnet::IpNet = item.parse().map_err(|_| invalid("not a valid CIDR"))?;
@@ -83,7 +101,7 @@ fn parse_item(item: &str) -> Result<Vec<IpPattern>, String> {
     }
     if item.contains('*') {
         return parse_wildcard(item)
-            .map(|p| vec![p])
+            .map(one_pattern)
             .ok_or_else(|| invalid("not a valid IPv4 pattern"));
     }
     let addr = parse_addr(item).ok_or_else(|| invalid("not an address"))?;
@@ -95,9 +113,9 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().map(canonical)
 }
 
-fn interval(a: IpAddr, b: IpAddr) -> Vec<IpPattern> {
+fn interval(a: IpAddr, b: IpAddr) -> Patterns {
     match (canonical(a), canonical(b)) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => vec![IpPattern::V4(a.into(), b.into())],
+        (IpAddr::V4(a), IpAddr::V4(b)) => one_pattern(IpPattern::V4(a.into(), b.into())),
         // a range written in v6 that is entirely mapped
         (IpAddr::V4(a), IpAddr::V6(b)) => {
             v6_interval(MAPPED_START | u128::from(u32::from(a)), b.into())
@@ -109,17 +127,17 @@ fn interval(a: IpAddr, b: IpAddr) -> Vec<IpPattern> {
     }
 }
 
-fn v6_interval(a: u128, b: u128) -> Vec<IpPattern> {
-    let mut out = Vec::with_capacity(3);
+fn v6_interval(a: u128, b: u128) -> Patterns {
+    let mut out: Patterns = [None; 3];
     let (lo, hi) = (a.max(MAPPED_START), b.min(MAPPED_END));
     if lo <= hi {
-        out.push(IpPattern::V4(lo as u32, hi as u32));
+        out[0] = Some(IpPattern::V4(lo as u32, hi as u32));
     }
     if a < MAPPED_START {
-        out.push(IpPattern::V6(a, b.min(MAPPED_START - 1)));
+        out[1] = Some(IpPattern::V6(a, b.min(MAPPED_START - 1)));
     }
     if b > MAPPED_END {
-        out.push(IpPattern::V6(a.max(MAPPED_END + 1), b));
+        out[2] = Some(IpPattern::V6(a.max(MAPPED_END + 1), b));
     }
     out
 }

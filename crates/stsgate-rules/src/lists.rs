@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::decision::Entry;
 use crate::error::{SourceError, SourceText, offset_in_literal};
-use crate::ip::parse_entry;
+use crate::ip::{for_each_item, parse_entry};
 use crate::ipset::{EntryId, IpSet};
 use crate::model::ListRule;
 use crate::text::TextSet;
@@ -92,6 +92,8 @@ pub(crate) struct Compiler<'a> {
     pub file: Arc<str>,
     pub errors: Vec<SourceError>,
     pub warnings: Vec<SourceError>,
+    /// (offset, line) of the last line lookup.
+    cursor: std::cell::Cell<(usize, u32)>,
 }
 
 impl<'a> Compiler<'a> {
@@ -101,41 +103,55 @@ impl<'a> Compiler<'a> {
             file: Arc::from(path),
             errors: Vec::new(),
             warnings: Vec::new(),
+            cursor: std::cell::Cell::new((0, 1)),
         }
     }
 
     fn entry(&self, text: &str, offset: usize) -> Entry {
-        let (line, _) = self.src.position(offset);
         Entry {
             text: text.into(),
             file: self.file.clone(),
-            line,
+            line: self.line_of(offset),
         }
+    }
+
+    /// The 1-based line of `offset`. Lists are compiled in file order, so a
+    /// cursor moving forward counts newlines instead of searching each time.
+    fn line_of(&self, offset: usize) -> u32 {
+        let (at, line) = self.cursor.get();
+        if offset < at {
+            return self.src.position(offset).0;
+        }
+        let newlines = self
+            .src
+            .text()
+            .as_bytes()
+            .get(at..offset)
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+        let line = line + newlines as u32;
+        self.cursor.set((offset, line));
+        line
     }
 
     /// IP entries as written in the rule file (strings in an array).
     pub fn ip_entries(&mut self, items: &[Spanned<String>]) -> (IpSet, Vec<Entry>) {
         let mut patterns = Vec::with_capacity(items.len());
-        let mut entries = Vec::with_capacity(items.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(items.len());
         for item in items {
             let value = item.get_ref();
             let span = item.span();
-            match parse_entry(value) {
-                Ok(parsed) => {
-                    let mut last: Option<usize> = None;
-                    for (at, text, pattern) in parsed {
-                        if last != Some(at) {
-                            let offset = offset_in_literal(self.src.text(), &span, value, at);
-                            entries.push(self.entry(text, offset));
-                            last = Some(at);
-                        }
-                        patterns.push((pattern, (entries.len() - 1) as EntryId));
-                    }
-                }
-                Err((at, message)) => {
+            let mut last: Option<usize> = None;
+            let parsed = for_each_item(value, |at, text, pattern| {
+                if last != Some(at) {
                     let offset = offset_in_literal(self.src.text(), &span, value, at);
-                    self.errors.push(self.src.error_at(offset, message));
+                    entries.push(self.entry(text, offset));
+                    last = Some(at);
                 }
+                patterns.push((pattern, (entries.len() - 1) as EntryId));
+            });
+            if let Err((at, message)) = parsed {
+                let offset = offset_in_literal(self.src.text(), &span, value, at);
+                self.errors.push(self.src.error_at(offset, message));
             }
         }
         (IpSet::build(patterns), entries)
