@@ -472,6 +472,21 @@ impl Gate {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Waits (up to 5 s) until a stderr line contains `needle`: lines arrive
+    /// through a reader thread, a moment after the gate writes them.
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.stderr().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Raw stderr lines (operational log).
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()

@@ -344,11 +344,7 @@ async fn connections_over_the_overall_cap_are_refused_not_queued() {
         status, 0,
         "a third connection was served past max_connections = 2"
     );
-    assert!(
-        gate.stderr()
-            .iter()
-            .any(|l| l.contains("connection limit reached"))
-    );
+    assert!(gate.wait_stderr("connection limit reached"));
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(

@@ -397,9 +397,7 @@ async fn an_unreachable_upstream_is_a_counted_logged_502() {
     assert_eq!(log[0]["status"], 502, "{:?}", log[0]);
     assert_eq!(log[0]["action"], "forward");
     assert!(
-        gate.stderr()
-            .iter()
-            .any(|l| l.contains("upstream unreachable")),
+        gate.wait_stderr("upstream unreachable"),
         "the reason is logged: {:?}",
         gate.stderr()
     );
@@ -451,11 +449,7 @@ async fn a_slow_upstream_is_a_504_after_the_timeout() {
     );
     let log = gate.wait_decisions(|d| !d.is_empty());
     assert_eq!(log[0]["status"], 504);
-    assert!(
-        gate.stderr()
-            .iter()
-            .any(|l| l.contains("upstream timed out"))
-    );
+    assert!(gate.wait_stderr("upstream timed out"));
     // the streamed (not filtered) path has the same bound
     let started = Instant::now();
     let got = send_bounded(
@@ -826,7 +820,7 @@ fn sigint_exits_0() {
         "{:?}",
         gate.stderr()
     );
-    assert!(gate.stderr().iter().any(|l| l.contains("shutting down")));
+    assert!(gate.wait_stderr("shutting down"));
 }
 
 /// `listen.drain_timeout` bounds a shutdown: a request still running when
@@ -877,9 +871,7 @@ async fn the_drain_timeout_bounds_shutdown() {
         "exited {took:?} after SIGTERM with drain_timeout = 1s"
     );
     assert!(
-        gate.stderr()
-            .iter()
-            .any(|l| l.contains("drain timeout reached")),
+        gate.wait_stderr("drain timeout reached"),
         "{:?}",
         gate.stderr()
     );

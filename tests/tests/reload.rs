@@ -212,7 +212,7 @@ async fn a_broken_file_is_refused_and_the_old_rules_stay() {
     .await;
     let expected = format!("{}:3:24: invalid IP entry \"300.1.1.1\"", rules.display());
     assert!(
-        gate.stderr().iter().any(|l| l.contains(&expected)),
+        gate.wait_stderr(&expected),
         "stderr lacks {expected:?}: {:?}",
         gate.stderr()
     );
@@ -234,7 +234,7 @@ async fn a_broken_file_is_refused_and_the_old_rules_stay() {
     .await;
     let expected = format!("{}:1:21: ", rules.display());
     assert!(
-        gate.stderr().iter().any(|l| l.contains(&expected)),
+        gate.wait_stderr(&expected),
         "stderr lacks {expected:?}: {:?}",
         gate.stderr()
     );

@@ -393,11 +393,7 @@ entries = ["198.51.100.0/24"]
     )
     .await;
     // the operator is told at start that the section does not run
-    assert!(
-        gate.stderr().iter().any(|l| l.contains("use_adaptive")),
-        "{:?}",
-        gate.stderr()
-    );
+    assert!(gate.wait_stderr("use_adaptive"), "{:?}", gate.stderr());
 }
 
 // ---- application / user agent lists -----------------------------------------
