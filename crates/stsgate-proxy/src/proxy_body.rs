@@ -1,7 +1,7 @@
 //! The one body type that flows through the gate, both ways.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
 /// Errors a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -14,11 +14,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// A streamed body from hyper.

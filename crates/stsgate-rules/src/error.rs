@@ -61,11 +61,6 @@ impl<'a> SourceText<'a> {
         }
     }
 
-    /// The path errors are reported against.
-    pub fn path(&self) -> &'a str {
-        self.path
-    }
-
     /// The whole text.
     pub fn text(&self) -> &'a str {
         self.text

@@ -121,10 +121,6 @@ impl<T: Point> Segments<T> {
             Some(self.ids[i - 1])
         }
     }
-
-    fn len(&self) -> usize {
-        self.starts.len()
-    }
 }
 
 /// An immutable, compiled set of IP patterns.
@@ -195,11 +191,6 @@ impl IpSet {
     /// True when nothing was compiled.
     pub fn is_empty(&self) -> bool {
         self.entries == 0
-    }
-
-    /// How many disjoint segments the lookup searches (for stats and benches).
-    pub fn segments(&self) -> usize {
-        self.v4.len() + self.v6.len() + self.masks.len()
     }
 }
 

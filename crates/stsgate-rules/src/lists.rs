@@ -37,11 +37,6 @@ impl IpList {
         }
     }
 
-    /// The entry holding `ip`, whatever the rule.
-    pub fn lookup(&self, ip: IpAddr) -> Option<&Entry> {
-        self.set.lookup(ip).map(|id| &self.entries[id as usize])
-    }
-
     /// Number of entries (items of comma-separated strings counted apart).
     pub fn len(&self) -> usize {
         self.entries.len()
