@@ -487,6 +487,18 @@ impl Gate {
         }
     }
 
+    /// `stsgate explain --config <this gate's config> ARGS... --json`, parsed.
+    pub fn explain_json(&self, args: &[&str]) -> serde_json::Value {
+        let config = self.dir.path().join("stsgate.toml").display().to_string();
+        let mut all = vec!["explain", "--config", &config];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let (code, out, err) = stsgate(&all);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("explain --json printed no JSON ({e}): {out}"))
+    }
+
     /// Raw stderr lines (operational log).
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()

@@ -289,30 +289,23 @@ async fn rule_file_deleted_or_half_written_keeps_the_old_rules() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_per_ip_cap_are_refused_not_queued() {
+/// A gate with `limits` and `n` idle connections holding its slots.
+async fn gate_with_held_connections(limits: &str, n: usize) -> (Gate, Upstream, Vec<TcpStream>) {
     let upstream = Upstream::start().await;
+    let extra = format!("[limits]\n{limits}\n");
     let gate = Gate::start(GateSpec {
-        extra: "[limits]\nmax_connections_per_ip = 3\n",
+        extra: &extra,
         ..GateSpec::new(ALLOW_ALL, &upstream)
     });
-    // three idle connections hold the cap
-    let held: Vec<TcpStream> = (0..3)
+    let held = (0..n)
         .map(|_| TcpStream::connect(gate.addr).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let mut fourth = TcpStream::connect(gate.addr).unwrap();
-    fourth
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let mut buf = Vec::new();
-    let read = fourth.read_to_end(&mut buf);
-    assert!(
-        read.is_err() || buf.is_empty(),
-        "the fourth connection was served: {:?}",
-        String::from_utf8_lossy(&buf)
-    );
+    (gate, upstream, held)
+}
+
+/// After the held connections close, a new one is served again.
+fn freed_slots_are_usable(gate: &Gate, held: Vec<TcpStream>) {
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
@@ -326,16 +319,27 @@ async fn connections_over_the_per_ip_cap_are_refused_not_queued() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_ip_cap_are_refused_not_queued() {
+    // three idle connections hold the cap
+    let (gate, _upstream, held) = gate_with_held_connections("max_connections_per_ip = 3", 3).await;
+    let mut fourth = TcpStream::connect(gate.addr).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = fourth.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let mut buf = Vec::new();
+    let read = fourth.read_to_end(&mut buf);
+    assert!(
+        read.is_err() || buf.is_empty(),
+        "the fourth connection was served: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    freed_slots_are_usable(&gate, held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_overall_cap_are_refused_not_queued() {
-    let upstream = Upstream::start().await;
-    let gate = Gate::start(GateSpec {
-        extra: "[limits]\nmax_connections = 2\n",
-        ..GateSpec::new(ALLOW_ALL, &upstream)
-    });
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(gate.addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    let (gate, _upstream, held) = gate_with_held_connections("max_connections = 2", 2).await;
     let (status, _) = raw(
         gate.addr,
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -344,16 +348,12 @@ async fn connections_over_the_overall_cap_are_refused_not_queued() {
         status, 0,
         "a third connection was served past max_connections = 2"
     );
-    assert!(gate.wait_stderr("connection limit reached"));
-    drop(held);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        status_of(
-            gate.addr,
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        ),
-        200
+    assert!(
+        gate.wait_stderr("connection limit reached"),
+        "no connection-limit warning: {:?}",
+        gate.stderr()
     );
+    freed_slots_are_usable(&gate, held);
 }
 
 /// The HTTP/2 limits a client is told in the server's first SETTINGS frame

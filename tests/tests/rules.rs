@@ -709,19 +709,7 @@ medium = "require_2fa"
     assert_eq!(decisions_metric(&gate, "require_2fa", "threat"), 1.0);
 
     // explain, offline, finds the feed entry and its line in the feed file
-    let config = gate.dir.path().join("stsgate.toml").display().to_string();
-    let (code, out, err) = stsgate(&[
-        "explain",
-        "--config",
-        &config,
-        "--peer",
-        "127.0.0.1",
-        "--ip",
-        "203.0.113.9",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let j = gate.explain_json(&["--peer", "127.0.0.1", "--ip", "203.0.113.9"]);
     assert_eq!(j["stage"], "threat");
     assert_eq!(j["list"], "drop");
     assert_eq!(j["entry"]["line"], 4);
@@ -776,17 +764,7 @@ failure_action = "refuse"
     assert_eq!(decisions_metric(&gate, "refuse", "ip_country"), 2.0);
 
     // explain with the same config shows the country
-    let config = gate.dir.path().join("stsgate.toml").display().to_string();
-    let (code, out, err) = stsgate(&[
-        "explain",
-        "--config",
-        &config,
-        "--ip",
-        "81.2.69.142",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let j = gate.explain_json(&["--ip", "81.2.69.142"]);
     assert_eq!(j["country"], "GB");
     assert_eq!(j["action"], "refuse");
 }

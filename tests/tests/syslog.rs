@@ -32,17 +32,10 @@ fn check_message(msg: &str) {
     assert!(!msg.contains("correct horse"), "a password reached syslog");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decisions_reach_a_udp_syslog_collector() {
-    let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    collector
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+/// A gate logging to `syslog_addr`, after one request it refused.
+async fn gate_after_a_refusal(syslog_addr: String) -> (Gate, Upstream) {
     let upstream = Upstream::start().await;
-    let extra = format!(
-        "[log]\nformat = \"syslog\"\nsyslog_addr = \"udp://{}\"\n",
-        collector.local_addr().unwrap()
-    );
+    let extra = format!("[log]\nformat = \"syslog\"\nsyslog_addr = \"{syslog_addr}\"\n");
     let gate = Gate::start(GateSpec {
         extra: &extra,
         ..GateSpec::new(RULES, &upstream)
@@ -53,6 +46,17 @@ async fn decisions_reach_a_udp_syslog_collector() {
         fixture("rst-2005-usernamemixed.xml"),
     );
     assert_eq!(send(&http_client(), req).await.status, 500);
+    (gate, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_a_udp_syslog_collector() {
+    let collector = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    collector
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (gate, _upstream) =
+        gate_after_a_refusal(format!("udp://{}", collector.local_addr().unwrap())).await;
     let mut buf = [0u8; 8192];
     let n = collector.recv(&mut buf).expect("a datagram within 10 s");
     check_message(std::str::from_utf8(&buf[..n]).unwrap());
@@ -66,21 +70,8 @@ async fn decisions_reach_a_udp_syslog_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_reach_a_tcp_syslog_collector_octet_counted() {
     let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = Upstream::start().await;
-    let extra = format!(
-        "[log]\nformat = \"syslog\"\nsyslog_addr = \"tcp://{}\"\n",
-        collector.local_addr().unwrap()
-    );
-    let gate = Gate::start(GateSpec {
-        extra: &extra,
-        ..GateSpec::new(RULES, &upstream)
-    });
-    let req = post(
-        &gate.url(USERNAMEMIXED),
-        &[("x-ms-client-user-agent", "python-requests/2.32")],
-        fixture("rst-2005-usernamemixed.xml"),
-    );
-    assert_eq!(send(&http_client(), req).await.status, 500);
+    let (_gate, _upstream) =
+        gate_after_a_refusal(format!("tcp://{}", collector.local_addr().unwrap())).await;
     let (mut stream, _) = tokio::task::spawn_blocking(move || collector.accept().unwrap())
         .await
         .unwrap();
