@@ -28,6 +28,24 @@ pub struct ClientAddrs {
     pub bad_header: Option<(String, String)>,
 }
 
+impl ClientAddrs {
+    /// The facts the rules decide on, with the request's headers and country.
+    pub fn facts<'a>(
+        &'a self,
+        application: Option<&'a str>,
+        user_agent: Option<&'a str>,
+        country: Option<stsgate_rules::Country>,
+    ) -> stsgate_rules::Facts<'a> {
+        stsgate_rules::Facts {
+            client_ip: self.client,
+            addresses: &self.hops,
+            application,
+            user_agent,
+            country,
+        }
+    }
+}
+
 /// Derives the client addresses of a request.
 pub fn derive(peer: IpAddr, headers: &HeaderMap, config: &ClientIp) -> ClientAddrs {
     let peer = canonical(peer);

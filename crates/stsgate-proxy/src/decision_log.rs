@@ -63,6 +63,18 @@ pub struct Event {
     pub upstream_ms: Option<u64>,
 }
 
+impl Event {
+    /// An event stamped now, with nothing decided yet.
+    pub fn now() -> Event {
+        Event {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            stage: stsgate_rules::Stage::None.as_str(),
+            action: stsgate_rules::Action::Forward.as_str(),
+            ..Event::default()
+        }
+    }
+}
+
 /// Cuts a value taken from a request to a bounded length.
 pub fn bounded(s: &str) -> String {
     match s.char_indices().nth(MAX_FIELD) {

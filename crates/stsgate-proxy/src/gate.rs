@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use stsgate_rules::{Action, Country, Decision, Facts, RuleSet, Stage};
+use stsgate_rules::{Action, Decision, RuleSet, Stage};
 
 use crate::blocked;
 use crate::client_ip::{self, ClientAddrs};
@@ -212,18 +212,8 @@ impl Gate {
         application: Option<&str>,
         user_agent: Option<&str>,
     ) -> Decision<'r> {
-        let country = rules.needs_country().then(|| {
-            self.geoip
-                .as_ref()
-                .map_or(Country::UNKNOWN, |g| g.country(addrs.client))
-        });
-        let facts = Facts {
-            client_ip: addrs.client,
-            addresses: &addrs.hops,
-            application,
-            user_agent,
-            country,
-        };
+        let country = crate::geoip::country_for(rules, self.geoip.as_deref(), addrs.client);
+        let facts = addrs.facts(application, user_agent, country);
         // Stage 2 (dynamic blocks, smart lockout) slots in here, before the rules.
         rules.decide(&facts)
     }
@@ -324,16 +314,4 @@ pub fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<
         t.push_str(&String::from_utf8_lossy(more.as_bytes()));
     }
     Some(text)
-}
-
-impl Event {
-    /// An event stamped now, with nothing decided yet.
-    pub fn now() -> Event {
-        Event {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            stage: Stage::None.as_str(),
-            action: Action::Forward.as_str(),
-            ..Event::default()
-        }
-    }
 }

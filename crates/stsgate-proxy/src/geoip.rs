@@ -39,6 +39,18 @@ impl GeoIp {
     }
 }
 
+/// The country the rules should see for `ip`: `None` when no rule needs it,
+/// `ZZ` when no database is configured or it does not know the address.
+pub fn country_for(
+    rules: &stsgate_rules::RuleSet,
+    geoip: Option<&GeoIp>,
+    ip: IpAddr,
+) -> Option<Country> {
+    rules
+        .needs_country()
+        .then(|| geoip.map_or(Country::UNKNOWN, |g| g.country(ip)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

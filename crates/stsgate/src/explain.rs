@@ -11,7 +11,7 @@ use serde::Serialize;
 use stsgate_proxy::client_ip;
 use stsgate_proxy::gate::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
 use stsgate_proxy::paths::{PathClass, PathFilter};
-use stsgate_rules::{Action, Country, Facts, Outcome, Stage, Step};
+use stsgate_rules::{Action, Outcome, Stage, Step};
 
 /// `stsgate explain` arguments.
 #[derive(clap::Args)]
@@ -128,21 +128,12 @@ pub fn explain(args: &Args) -> ExitCode {
     let class = PathFilter::new(&config.filter).classify(&args.path);
     let application = header_text(&headers, &X_MS_CLIENT_APPLICATION);
     let user_agent = header_text(&headers, &X_MS_CLIENT_USER_AGENT);
-    let country = rules
-        .needs_country()
-        .then(|| match &config.geoip.country_db {
-            Some(db) => stsgate_proxy::geoip::GeoIp::open(db)
-                .map(|g| g.country(addrs.client))
-                .unwrap_or(Country::UNKNOWN),
-            None => Country::UNKNOWN,
-        });
-    let facts = Facts {
-        client_ip: addrs.client,
-        addresses: &addrs.hops,
-        application: application.as_deref(),
-        user_agent: user_agent.as_deref(),
-        country,
+    let geoip = match &config.geoip.country_db {
+        Some(db) if rules.needs_country() => stsgate_proxy::geoip::GeoIp::open(db).ok(),
+        _ => None,
     };
+    let country = stsgate_proxy::geoip::country_for(&rules, geoip.as_ref(), addrs.client);
+    let facts = addrs.facts(application.as_deref(), user_agent.as_deref(), country);
     let mut steps = Vec::new();
     let decision = match class {
         PathClass::Filtered => rules.decide_traced(&facts, &mut steps),
