@@ -30,7 +30,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 python3 benches/load/gen.py "$work" 100000 1000
-cp ../shared/testdata/wstrust/rst-2005-usernamemixed.xml "$work/rst.xml"
+cp testdata/wstrust/rst-2005-usernamemixed.xml "$work/rst.xml"
 export RST_FILE="$work/rst.xml"
 
 UP=18190; NGX_IP=18191; NGX_FULL=18192; GATE_IP=18193; GATE_FULL=18194; ADM_IP=18195; ADM_FULL=18196

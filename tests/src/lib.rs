@@ -26,9 +26,9 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A file of `../shared/testdata/wstrust/`.
+/// A file of `testdata/wstrust/`.
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = workspace().join("../shared/testdata/wstrust").join(name);
+    let path = workspace().join("testdata/wstrust").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 

@@ -721,7 +721,7 @@ medium = "require_2fa"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn country_restriction_with_the_maxmind_test_database() {
-    let db = workspace().join("../shared/testdata/maxmind/GeoLite2-Country-Test.mmdb");
+    let db = workspace().join("testdata/maxmind/GeoLite2-Country-Test.mmdb");
     assert!(db.exists(), "{}", db.display());
     let upstream = Upstream::start().await;
     let rules = r#"

@@ -58,7 +58,7 @@ mod tests {
     #[test]
     fn maxmind_test_database() {
         let db = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/testdata/maxmind/GeoLite2-Country-Test.mmdb");
+            .join("../../testdata/maxmind/GeoLite2-Country-Test.mmdb");
         let geo = GeoIp::open(&db).unwrap();
         for (ip, want) in [
             ("81.2.69.142", "GB"),

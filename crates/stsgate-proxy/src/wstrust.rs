@@ -306,17 +306,17 @@ mod tests {
     use std::time::{Duration, Instant};
 
     const RST_2005: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/rst-2005-usernamemixed.xml");
+        include_bytes!("../../../testdata/wstrust/rst-2005-usernamemixed.xml");
     const RST_13: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/rst-13-usernamemixed.xml");
+        include_bytes!("../../../testdata/wstrust/rst-13-usernamemixed.xml");
     const RSTR_2005: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/rstr-2005-success.xml");
+        include_bytes!("../../../testdata/wstrust/rstr-2005-success.xml");
     const FAULT_FAILED_AUTH: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/fault-failed-authentication.xml");
+        include_bytes!("../../../testdata/wstrust/fault-failed-authentication.xml");
     const FAULT_ACCESS_DENIED: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/fault-access-denied-2005.xml");
+        include_bytes!("../../../testdata/wstrust/fault-access-denied-2005.xml");
     const FAULT_REQUEST_FAILED: &[u8] =
-        include_bytes!("../../../../shared/testdata/wstrust/fault-request-failed.xml");
+        include_bytes!("../../../testdata/wstrust/fault-request-failed.xml");
 
     const PASSWORDS: &[&str] = &["correct horse", "battery", "Summer2026", "s3cret"];
 
