@@ -22,6 +22,9 @@ pub struct ClientAddrs {
     /// Every believed address, trusted proxies aside, the client first.
     /// With `match_all_hops = false` just the client.
     pub hops: Vec<IpAddr>,
+    /// Every address the request carries, trusted proxies aside, the client
+    /// first, whatever `match_all_hops` says (smart lockout's locations).
+    pub carried: Vec<IpAddr>,
     /// Did the peer come from a trusted proxy?
     pub peer_trusted: bool,
     /// A forwarded header that did not parse (logged; the peer is the client).
@@ -37,11 +40,13 @@ impl ClientAddrs {
         country: Option<stsgate_rules::Country>,
     ) -> stsgate_rules::Facts<'a> {
         stsgate_rules::Facts {
-            client_ip: self.client,
             addresses: &self.hops,
+            carried: &self.carried,
             application,
             user_agent,
             country,
+            peer: self.peer,
+            ..stsgate_rules::Facts::new(self.client)
         }
     }
 }
@@ -54,6 +59,7 @@ pub fn derive(peer: IpAddr, headers: &HeaderMap, config: &ClientIp) -> ClientAdd
         peer,
         client: peer,
         hops: vec![peer],
+        carried: vec![peer],
         peer_trusted: trusted(&peer),
         bad_header: None,
     };
@@ -83,14 +89,17 @@ pub fn derive(peer: IpAddr, headers: &HeaderMap, config: &ClientIp) -> ClientAdd
                     .copied()
                     .unwrap_or(peer);
                 out.client = client;
-                out.hops = vec![client];
-                if config.match_all_hops {
-                    for ip in chain.into_iter().filter(|ip| !trusted(ip)) {
-                        if !out.hops.contains(&ip) {
-                            out.hops.push(ip);
-                        }
+                out.carried = vec![client];
+                for ip in chain.into_iter().filter(|ip| !trusted(ip)) {
+                    if !out.carried.contains(&ip) {
+                        out.carried.push(ip);
                     }
                 }
+                out.hops = if config.match_all_hops {
+                    out.carried.clone()
+                } else {
+                    vec![client]
+                };
             }
             Err(message) => out.bad_header = Some((name.as_str().to_string(), message)),
         }

@@ -141,10 +141,33 @@ impl From<crate::model::FailureAction> for Action {
 pub struct Entry {
     /// The entry as written (one item of a comma-separated string).
     pub text: Box<str>,
-    /// The file it comes from.
+    /// The file it comes from; empty for entries that are not from a file
+    /// (a dynamic block).
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub file: Arc<str>,
-    /// 1-based line in that file.
+    /// 1-based line in that file; 0 when not from a file.
+    #[serde(skip_serializing_if = "is_zero")]
     pub line: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Entry {
+    /// An entry that does not come from a file (a dynamic block: its id and reason).
+    pub fn dynamic(text: impl Into<Box<str>>) -> Entry {
+        Entry {
+            text: text.into(),
+            file: Arc::from(""),
+            line: 0,
+        }
+    }
+
+    /// Where it was written, `file:line`, or `None` for a dynamic entry.
+    pub fn location(&self) -> Option<String> {
+        (self.line > 0).then(|| format!("{}:{}", self.file, self.line))
+    }
 }
 
 /// A country code (ISO 3166-1 alpha-2, upper case; `ZZ` for unknown).
@@ -187,6 +210,18 @@ pub struct Facts<'a> {
     pub user_agent: Option<&'a str>,
     /// The client's country, when the rules need it ([`crate::RuleSet::needs_country`]).
     pub country: Option<Country>,
+    /// The TCP peer (canonical). Unspecified when not known (unit tests).
+    pub peer: IpAddr,
+    /// Every address the request carries, trusted proxies aside, the client
+    /// first, whatever `match_all_hops` says: what smart lockout calls the
+    /// request's locations. Empty means just `client_ip`.
+    pub carried: &'a [IpAddr],
+    /// The request path (normalised).
+    pub path: &'a str,
+    /// The user name from the request's credentials, when it has any.
+    pub user: Option<&'a str>,
+    /// When the request is decided, in milliseconds since the Unix epoch.
+    pub now_ms: u64,
 }
 
 impl<'a> Facts<'a> {
@@ -198,6 +233,20 @@ impl<'a> Facts<'a> {
             application: None,
             user_agent: None,
             country: None,
+            peer: client_ip,
+            carried: &[],
+            path: "",
+            user: None,
+            now_ms: 0,
+        }
+    }
+
+    /// Every address the request carries (see [`Facts::carried`]).
+    pub fn locations(&self) -> &[IpAddr] {
+        if self.carried.is_empty() {
+            std::slice::from_ref(&self.client_ip)
+        } else {
+            self.carried
         }
     }
 
