@@ -29,8 +29,10 @@ pub struct Config {
     pub client_ip: ClientIp,
     /// `[limits]`.
     pub limits: Limits,
-    /// `[blocked]`.
+    /// `[blocked]` style.
     pub blocked: BlockedStyle,
+    /// `blocked.delay`: how long a refusal waits before it is answered.
+    pub blocked_delay: crate::delay::DelayMode,
     /// `[admin]`.
     pub admin: Admin,
     /// `[state]`.
@@ -293,6 +295,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawBlocked {
     style: Option<BlockedStyle>,
+    /// `"auto"` (default), a duration, or `"0s"`.
+    delay: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -523,6 +527,13 @@ impl Config {
             client_ip,
             limits,
             blocked: raw.blocked.style.unwrap_or(BlockedStyle::SoapFault),
+            blocked_delay: match &raw.blocked.delay {
+                None => crate::delay::DelayMode::Auto,
+                Some(d) => crate::delay::DelayMode::parse(d.get_ref()).unwrap_or_else(|m| {
+                    v.error(d, m);
+                    crate::delay::DelayMode::Auto
+                }),
+            },
             admin,
             state: State {
                 dir: raw
@@ -648,6 +659,7 @@ mod tests {
         assert_eq!(c.upstream.timeout, Duration::from_secs(30));
         assert_eq!(c.client_ip.headers[0].as_str(), "x-ms-forwarded-client-ip");
         assert_eq!(c.blocked, BlockedStyle::SoapFault);
+        assert_eq!(c.blocked_delay, crate::delay::DelayMode::Auto);
         assert_eq!(c.admin.addr, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.log.format, LogFormat::Json);
     }
@@ -688,6 +700,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e[0].line, 4, "{e:?}");
+        let e = Config::parse("s.toml", &format!("{MINIMAL}[blocked]\ndelay = \"soon\"\n"))
+            .unwrap_err();
+        assert_eq!((e[0].line, e[0].column), (5, 9), "{e:?}");
         let e =
             Config::parse("s.toml", "rules = \"r\"\n[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert_eq!((e[0].line, e[0].column), (3, 7), "{e:?}");

@@ -11,6 +11,7 @@ pub mod blocked;
 pub mod client_ip;
 pub mod config;
 pub mod decision_log;
+pub mod delay;
 pub mod gate;
 pub mod geoip;
 pub mod idle;
