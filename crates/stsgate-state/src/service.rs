@@ -345,6 +345,22 @@ impl GateState {
         });
     }
 
+    /// A store's own task (e.g. the Redis follower) saw it fail: counted,
+    /// logged, shown in `/readyz`, and a catch-up is due.
+    pub fn report_store_error(&self, kind: StoreKind, e: &StoreError) {
+        if let Some(link) = self.links.iter().find(|l| l.store.kind() == kind) {
+            self.store_failed(link, e);
+        }
+    }
+
+    /// Asks for a full resync of a store (e.g. after a reconnect, or
+    /// periodically for a shared store, to catch missed notifications).
+    pub fn resync_soon(&self, kind: StoreKind) {
+        if let Some(link) = self.links.iter().find(|l| l.store.kind() == kind) {
+            link.behind.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// How each store is doing.
     pub fn health(&self) -> Vec<StoreHealth> {
         self.links
