@@ -4,6 +4,8 @@
 use stsgate_tests::*;
 
 const DENY_5143: &str = "[request_blocking.ip]\nrule = \"deny\"\nentries = [\"5.143.*.*\"]\n";
+/// Forward everything, on purpose (an empty rule file is refused).
+const OFF: &str = "[request_blocking]\nenabled = false\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_h1_and_h2_pass_fixtures_byte_for_byte() {
@@ -162,7 +164,7 @@ async fn forbidden_style_is_a_plain_403() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_headers_are_replaced_for_untrusted_peers() {
     let upstream = Upstream::start().await;
-    let gate = Gate::start(GateSpec::new("", &upstream));
+    let gate = Gate::start(GateSpec::new(OFF, &upstream));
     let got = send(
         &http_client(),
         post(
@@ -284,7 +286,7 @@ async fn other_paths_refuse() {
     let upstream = Upstream::start().await;
     let gate = Gate::start(GateSpec {
         extra: "[filter]\nother_paths = \"refuse\"\n",
-        ..GateSpec::new("", &upstream)
+        ..GateSpec::new(OFF, &upstream)
     });
     let (status, _) = raw(
         gate.addr,

@@ -280,6 +280,9 @@ async fn rule_file_deleted_or_half_written_keeps_the_old_rules() {
     assert_eq!(refused().await, 500, "half-written file: old rules kept");
     assert!(gate.metric("stsgate_rule_reloads_total{result=\"failure\"}") >= 2.0);
     std::fs::write(gate.rules_path(), "").unwrap();
+    assert_eq!(gate.api_post("/api/v1/reload").0, 422);
+    assert_eq!(refused().await, 500, "emptied file: old rules kept");
+    std::fs::write(gate.rules_path(), "[request_blocking]\nenabled = false\n").unwrap();
     assert_eq!(gate.api_post("/api/v1/reload").0, 200);
     assert_eq!(
         send(&client, post(&gate.url(USERNAMEMIXED), &[], "<x/>"))

@@ -1,7 +1,9 @@
 //! The live rule set and its reloads. Parsing and compiling happen off the
 //! request path (a blocking thread); the new [`RuleSet`] is swapped in whole
 //! with arc-swap, so a request sees the old rules or the new ones, never a
-//! mix. A bad file is refused and the old rules stay. Triggers: a change of
+//! mix. A bad file is refused and the old rules stay (so is a file that
+//! configures no stage: see [`RuleSet::compile`]); a reload that drops
+//! sections in force is logged at WARN naming them. Triggers: a change of
 //! the file on disk (its directory is watched, since editors and `mv`
 //! replace files), SIGHUP, and `POST /api/v1/reload`.
 
@@ -117,11 +119,27 @@ impl Rules {
                 for w in &rules.warnings {
                     tracing::warn!("{w}");
                 }
+                let kept = rules.active_sections();
                 let old = self.current.swap(Arc::new(rules));
+                let removed: Vec<&str> = old
+                    .active_sections()
+                    .into_iter()
+                    .filter(|s| !kept.contains(s))
+                    .collect();
                 // The old set may be large: free it off the async threads.
                 tokio::task::spawn_blocking(move || drop(old));
                 self.metrics.reload(true);
-                tracing::info!(trigger, rules = %self.path.display(), "rules reloaded");
+                if removed.is_empty() {
+                    tracing::info!(trigger, rules = %self.path.display(), "rules reloaded");
+                } else {
+                    tracing::warn!(
+                        trigger,
+                        rules = %self.path.display(),
+                        removed = %removed.join(", "),
+                        "rules reloaded without sections that were in force: {}",
+                        removed.join(", ")
+                    );
+                }
                 Ok(summary)
             }
             Err(errors) => {

@@ -83,6 +83,9 @@ impl RuleSet {
             Ok(raw) => raw,
             Err(e) => return Err(vec![c.src.toml_error(&e)]),
         };
+        if !configures_a_stage(&raw) {
+            return Err(vec![c.src.error_at(0, NO_STAGE)]);
+        }
         let blocking = raw
             .request_blocking
             .as_ref()
@@ -140,6 +143,39 @@ impl RuleSet {
             spray,
             warnings: c.warnings,
         })
+    }
+
+    /// The sections that take part in decisions, by their names in the rule
+    /// file: what a reload that drops some of them should warn about.
+    pub fn active_sections(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let b = &self.blocking;
+        if b.enabled {
+            for (name, on) in [
+                ("request_blocking.ip", b.ip.is_some()),
+                ("request_blocking.application", b.application.is_some()),
+                ("request_blocking.user_agent", b.user_agent.is_some()),
+            ] {
+                if on {
+                    out.push(name);
+                }
+            }
+        }
+        if self.use_adaptive {
+            if self.adaptive.ip_country.as_ref().is_some_and(|c| c.enabled) {
+                out.push("adaptive.ip_country");
+            }
+            if self.adaptive.threat.as_ref().is_some_and(|t| t.enabled) {
+                out.push("adaptive.threat");
+            }
+        }
+        if self.lockout.as_ref().is_some_and(|l| l.enabled) {
+            out.push("lockout");
+        }
+        if self.spray.as_ref().is_some_and(|s| s.enabled) {
+            out.push("spray");
+        }
+        out
     }
 
     /// Does any check need the client's country in [`Facts::country`]?
@@ -311,6 +347,27 @@ impl RuleSet {
         }
         lines
     }
+}
+
+/// Why a rule file that configures nothing is refused.
+const NO_STAGE: &str = "the rule file configures no stage (no [request_blocking] list, no [adaptive] check, no [lockout] or [spray]): every request would be forwarded unchecked; to forward everything on purpose, say so with `[request_blocking]` and `enabled = false`";
+
+/// Does the file configure at least one stage, or say explicitly that
+/// request blocking is off? An empty (truncated, emptied by mistake) file
+/// must not turn every check off silently: it fails closed at start and on
+/// reload, where the old rules stay.
+fn configures_a_stage(raw: &RawRules) -> bool {
+    let blocking = raw.request_blocking.as_ref().is_some_and(|b| {
+        b.enabled == Some(false)
+            || b.ip.is_some()
+            || b.application.is_some()
+            || b.user_agent.is_some()
+    });
+    let adaptive = raw
+        .adaptive
+        .as_ref()
+        .is_some_and(|a| a.ip_country.is_some() || a.threat.is_some());
+    blocking || adaptive || raw.lockout.is_some() || raw.spray.is_some()
 }
 
 /// "1 entry", "2 entries".

@@ -142,11 +142,12 @@ fn empty_allow_blocks_everything_and_star_matches_missing_headers() {
 #[test]
 fn disabled_empty_and_log_only() {
     assert_eq!(
-        decide(&rules(""), "5.143.1.1", None, None),
-        ("none", "forward")
-    );
-    assert_eq!(
-        decide(&rules("[request_blocking]\n"), "5.143.1.1", None, None),
+        decide(
+            &rules("[request_blocking]\nenabled = false\n"),
+            "5.143.1.1",
+            None,
+            None
+        ),
         ("none", "forward")
     );
     let off = BLOCKING.replace(r#"logic = "or""#, "enabled = false");
@@ -293,6 +294,54 @@ fn country_restriction() {
     let allow = rules(&text.replace("LIST", "allow"));
     assert_eq!(with(&allow, Some("SE")), Action::Refuse);
     assert_eq!(with(&allow, Some("KP")), Action::Forward);
+}
+
+#[test]
+fn a_file_that_configures_nothing_is_refused() {
+    for text in [
+        "",
+        "\n# all commented out\n",
+        "[request_blocking]\n",
+        "[request_blocking]\nenabled = true\nlogic = \"and\"\n",
+        "[adaptive]\n",
+    ] {
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{text:?}: {e:?}");
+        assert!(
+            e[0].starts_with("r.toml:1:1: the rule file configures no stage"),
+            "{e:?}"
+        );
+    }
+    // Saying so, or configuring any stage, is enough.
+    for text in [
+        "[request_blocking]\nenabled = false\n",
+        "[request_blocking.user_agent]\nrule = \"deny\"\n",
+        "[adaptive.ip_country]\nenabled = false\n",
+        "[lockout]\n",
+        "[spray]\nenabled = false\n",
+    ] {
+        let r = RuleSet::compile("r.toml", text, &NoFeeds);
+        assert!(r.is_ok(), "{text:?}: {:?}", r.err());
+    }
+    assert_eq!(
+        rules(BLOCKING).active_sections(),
+        [
+            "request_blocking.ip",
+            "request_blocking.application",
+            "request_blocking.user_agent"
+        ]
+    );
+    let off = rules(&BLOCKING.replace(r#"logic = "or""#, "enabled = false"));
+    assert!(off.active_sections().is_empty());
+    let adaptive = rules(&ADAPTIVE.replace("ACTION", "refuse"));
+    assert_eq!(
+        adaptive.active_sections(),
+        [
+            "request_blocking.user_agent",
+            "adaptive.ip_country",
+            "adaptive.threat"
+        ]
+    );
 }
 
 #[test]
