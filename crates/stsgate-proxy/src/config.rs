@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
-use stsgate_rules::{IpSet, SourceError, SourceText};
+use stsgate_rules::{SourceError, SourceText};
 use toml::Spanned;
+
+pub use crate::paths::{
+    DEFAULT_PASS_PATHS, DEFAULT_PATHS, DEFAULT_REFUSE_PATHS, Filter, OtherPaths,
+};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -80,32 +84,12 @@ pub struct Upstream {
     pub timeout: Duration,
 }
 
-/// Which paths go through the pipeline.
-#[derive(Debug, Clone)]
-pub struct Filter {
-    /// Prefixes that are filtered (ASCII case-insensitive).
-    pub paths: Vec<String>,
-    /// What happens to every other path.
-    pub other_paths: OtherPaths,
-    /// Prefixes that are always refused.
-    pub refuse_paths: Vec<String>,
-}
-
-/// `filter.other_paths`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OtherPaths {
-    /// Forward without filtering.
-    Forward,
-    /// Refuse with the blocked response.
-    Refuse,
-}
-
 /// How the client IP is found.
 #[derive(Debug, Clone)]
 pub struct ClientIp {
-    /// Peers whose forwarded headers are believed.
-    pub trusted_proxies: IpSet,
+    /// Peers whose forwarded headers (and PROXY protocol headers) are
+    /// believed; hot reloaded (see [`crate::trusted`]).
+    pub trusted_proxies: crate::trusted::TrustedProxies,
     /// Headers to read, in order.
     pub headers: Vec<HeaderName>,
     /// IP lists look at every believed address.
@@ -263,6 +247,8 @@ struct RawFilter {
     other_paths: Option<OtherPaths>,
     /// Default: both windowstransport endpoints.
     refuse_paths: Option<Vec<Spanned<String>>>,
+    /// Default: the metadata exchange and federation metadata paths.
+    pass_paths: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,19 +320,20 @@ struct RawAlerts {
     webhook_url: Option<Spanned<String>>,
 }
 
-/// The default filtered path.
-pub const DEFAULT_PATHS: &[&str] = &["/adfs/services/trust/"];
-/// The default refused paths: they bypass ADFS extranet lockout.
-pub const DEFAULT_REFUSE_PATHS: &[&str] = &[
-    "/adfs/services/trust/2005/windowstransport",
-    "/adfs/services/trust/13/windowstransport",
-];
 /// The default client IP headers.
 pub const DEFAULT_HEADERS: &[&str] = &["X-MS-Forwarded-Client-IP", "X-Forwarded-For"];
 
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<SourceError>> {
+        Config::load_with(path, None)
+    }
+
+    /// [`Config::load`]; trusted proxy lists that fail fall back on `last_good`.
+    pub fn load_with(
+        path: &Path,
+        last_good: Option<&crate::trusted::LastGood>,
+    ) -> Result<Config, Vec<SourceError>> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![SourceError::whole_file(
@@ -354,11 +341,20 @@ impl Config {
                 format!("cannot read the config file: {e}"),
             )]
         })?;
-        Config::parse(&shown, &text)
+        Config::parse_with(&shown, &text, last_good)
     }
 
     /// Validates config text read from `path`; every error found is returned.
     pub fn parse(path: &str, text: &str) -> Result<Config, Vec<SourceError>> {
+        Config::parse_with(path, text, None)
+    }
+
+    /// [`Config::parse`]; trusted proxy lists that fail fall back on `last_good`.
+    pub fn parse_with(
+        path: &str,
+        text: &str,
+        last_good: Option<&crate::trusted::LastGood>,
+    ) -> Result<Config, Vec<SourceError>> {
         let src = SourceText::new(path, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![src.toml_error(&e)])?;
         let mut v = Validator {
@@ -558,6 +554,17 @@ impl Config {
             Err(v.errors)
         }
     }
+}
+
+/// The host name and process id: `adfs-gate-1/4242`.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "stsgate".to_string());
+    format!("{host}/{}", std::process::id())
 }
 
 /// Collects errors while turning raw values into validated ones.

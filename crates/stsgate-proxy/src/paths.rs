@@ -2,17 +2,62 @@
 //! normalisation an STS applies itself (percent-decoding, `\` as `/`, `//`
 //! collapsed, `.` and `..` resolved) and ignoring ASCII case, so that
 //! `/ADFS//services/%74rust/./2005/windowstransport` is still refused.
+//!
+//! Order: `refuse_paths`, then `pass_paths` (metadata exchange: it carries
+//! no credential, so it is forwarded without a decision), then `paths`
+//! (decided), then `other_paths` for everything else.
 
 use std::borrow::Cow;
 
-use crate::config::{Filter, OtherPaths};
+use serde::Deserialize;
+
+/// The default filtered path.
+pub const DEFAULT_PATHS: &[&str] = &["/adfs/services/trust/"];
+/// The default refused paths: they bypass ADFS extranet lockout.
+pub const DEFAULT_REFUSE_PATHS: &[&str] = &[
+    "/adfs/services/trust/2005/windowstransport",
+    "/adfs/services/trust/13/windowstransport",
+];
+/// The default passed paths: metadata exchange and federation metadata,
+/// which MSAL and Office clients fetch before a sign-in and which carry no
+/// credential.
+pub const DEFAULT_PASS_PATHS: &[&str] = &[
+    "/adfs/services/trust/mex",
+    "/mex",
+    "/FederationMetadata/2007-06/FederationMetadata.xml",
+];
+
+/// Which paths go through the pipeline (`[filter]`, prefixes normalised).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Prefixes that are filtered (ASCII case-insensitive).
+    pub paths: Vec<String>,
+    /// What happens to every other path.
+    pub other_paths: OtherPaths,
+    /// Prefixes that are always refused.
+    pub refuse_paths: Vec<String>,
+    /// Prefixes forwarded without a decision, even inside `paths` or with
+    /// `other_paths = "refuse"`. Matched on whole segments: `/mex` passes
+    /// `/mex` and `/mex/x`, not `/mexico`.
+    pub pass_paths: Vec<String>,
+}
+
+/// `filter.other_paths`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherPaths {
+    /// Forward without filtering.
+    Forward,
+    /// Refuse with the blocked response.
+    Refuse,
+}
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathClass {
     /// A WS-Trust path: decide it.
     Filtered,
-    /// Not filtered: forward as is.
+    /// Not filtered (or a `pass_paths` path): forward as is.
     Forward,
     /// Refused by `refuse_paths` or `other_paths = "refuse"`.
     Refuse,
@@ -23,6 +68,7 @@ pub enum PathClass {
 pub struct PathFilter {
     paths: Vec<String>,
     refuse: Vec<String>,
+    pass: Vec<String>,
     other: OtherPaths,
 }
 
@@ -33,6 +79,7 @@ impl PathFilter {
         PathFilter {
             paths: lower(&filter.paths),
             refuse: lower(&filter.refuse_paths),
+            pass: lower(&filter.pass_paths),
             other: filter.other_paths,
         }
     }
@@ -43,6 +90,8 @@ impl PathFilter {
         let has = |prefixes: &[String]| prefixes.iter().any(|p| starts_with_ignore_case(&path, p));
         if has(&self.refuse) {
             PathClass::Refuse
+        } else if self.pass.iter().any(|p| under(&path, p)) {
+            PathClass::Forward
         } else if has(&self.paths) {
             PathClass::Filtered
         } else if self.other == OtherPaths::Refuse {
@@ -51,6 +100,14 @@ impl PathFilter {
             PathClass::Forward
         }
     }
+}
+
+/// `path` is `prefix` or below it (whole segments), ignoring ASCII case.
+fn under(path: &str, prefix: &str) -> bool {
+    starts_with_ignore_case(path, prefix)
+        && (prefix.ends_with('/')
+            || path.len() == prefix.len()
+            || path.as_bytes()[prefix.len()] == b'/')
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -123,12 +180,13 @@ fn percent_decode(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DEFAULT_PATHS, DEFAULT_REFUSE_PATHS};
 
     fn filter(other: OtherPaths) -> PathFilter {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
         PathFilter::new(&Filter {
-            paths: DEFAULT_PATHS.iter().map(|s| s.to_string()).collect(),
-            refuse_paths: DEFAULT_REFUSE_PATHS.iter().map(|s| s.to_string()).collect(),
+            paths: owned(DEFAULT_PATHS),
+            refuse_paths: owned(DEFAULT_REFUSE_PATHS),
+            pass_paths: owned(DEFAULT_PASS_PATHS),
             other_paths: other,
         })
     }
@@ -140,7 +198,16 @@ mod tests {
         let cases = [
             ("/adfs/services/trust/2005/usernamemixed", PathClass::Filtered),
             ("/ADFS/Services/Trust/13/UsernameMixed", PathClass::Filtered),
-            ("/adfs/services/trust/mex", PathClass::Filtered),
+            ("/adfs/services/trust/mex", PathClass::Forward),
+            ("/ADFS/services/trust/MEX", PathClass::Forward),
+            ("/adfs/services/trust/mex/", PathClass::Forward),
+            ("/adfs/services/trust/mex/x", PathClass::Forward),
+            ("/adfs/services/trust/%6Dex", PathClass::Forward),
+            ("/adfs/services/trust/mexico", PathClass::Filtered),
+            ("/adfs/services/trust/mex/../2005/usernamemixed", PathClass::Filtered),
+            ("/adfs/services/trust/mex/../2005/windowstransport", PathClass::Refuse),
+            ("/mex", PathClass::Forward),
+            ("/federationmetadata/2007-06/federationmetadata.xml", PathClass::Forward),
             ("/adfs/ls/", PathClass::Forward),
             ("/adfs/services/trust", PathClass::Forward),
             ("/adfs/services/trust/2005/windowstransport", PathClass::Refuse),
@@ -166,6 +233,21 @@ mod tests {
         assert_eq!(
             filter(OtherPaths::Refuse).classify("/adfs/services/trust/13/usernamemixed"),
             PathClass::Filtered
+        );
+        for pass in [
+            "/FederationMetadata/2007-06/FederationMetadata.xml",
+            "/mex",
+            "/adfs/services/trust/mex",
+        ] {
+            assert_eq!(
+                filter(OtherPaths::Refuse).classify(pass),
+                PathClass::Forward,
+                "{pass}"
+            );
+        }
+        assert_eq!(
+            filter(OtherPaths::Refuse).classify("/mexico"),
+            PathClass::Refuse
         );
     }
 
