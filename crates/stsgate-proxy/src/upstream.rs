@@ -175,8 +175,27 @@ pub struct ForwardFacts {
 
 /// Rewrites request headers for the upstream (PRODUCT.md §4.1). The Host is
 /// kept (the STS checks it), taken from the URI for HTTP/2 clients.
+///
+/// From a peer that is not a trusted proxy, the headers a Web Application
+/// Proxy or another reverse proxy sets are dropped: ADFS decides extranet or
+/// intranet (and so extranet lockout and the `insidecorporatenetwork` claim)
+/// from `X-MS-Proxy` and `X-MS-Endpoint-Absolute-Path`, and claim rules and
+/// logs read `Forwarded` and `X-Real-IP`; a client must not be able to claim
+/// to come from inside or through WAP. A trusted proxy's values are kept.
 pub fn forward_headers(headers: &mut HeaderMap, uri: &Uri, f: &ForwardFacts) {
+    /// Set by WAP or a reverse proxy, never by a client.
+    static PROXY_ONLY: [HeaderName; 4] = [
+        HeaderName::from_static("x-ms-proxy"),
+        HeaderName::from_static("x-ms-endpoint-absolute-path"),
+        HeaderName::from_static("forwarded"),
+        HeaderName::from_static("x-real-ip"),
+    ];
     strip_hop_by_hop(headers);
+    if !f.peer_trusted {
+        for name in &PROXY_ONLY {
+            headers.remove(name);
+        }
+    }
     let host = headers.get(header::HOST).cloned().or_else(|| {
         uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -255,6 +274,13 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
+            ("x-ms-proxy", "wap01"),
+            (
+                "x-ms-endpoint-absolute-path",
+                "/adfs/services/trust/2005/usernamemixed",
+            ),
+            ("forwarded", "for=10.1.1.1;proto=https"),
+            ("x-real-ip", "10.1.1.1"),
         ]);
         forward_headers(&mut h, &Uri::from_static("/adfs/"), &facts(false, false));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
@@ -268,6 +294,10 @@ mod tests {
             "x-secret",
             "keep-alive",
             "te",
+            "x-ms-proxy",
+            "x-ms-endpoint-absolute-path",
+            "forwarded",
+            "x-real-ip",
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
@@ -278,6 +308,13 @@ mod tests {
         let mut h = headers(&[
             ("x-forwarded-for", "1.2.3.4"),
             ("x-ms-forwarded-client-ip", "5.5.5.5, 1.2.3.4"),
+            ("x-ms-proxy", "wap01"),
+            (
+                "x-ms-endpoint-absolute-path",
+                "/adfs/services/trust/2005/usernamemixed",
+            ),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
         ]);
         forward_headers(
             &mut h,
@@ -288,5 +325,12 @@ mod tests {
         assert_eq!(h["x-ms-forwarded-client-ip"], "5.5.5.5, 1.2.3.4");
         assert_eq!(h["host"], "sts.contoso.com");
         assert_eq!(h["x-stsgate-step-up"], "required");
+        assert_eq!(h["x-ms-proxy"], "wap01");
+        assert_eq!(
+            h["x-ms-endpoint-absolute-path"],
+            "/adfs/services/trust/2005/usernamemixed"
+        );
+        assert_eq!(h["forwarded"], "for=1.2.3.4");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
     }
 }
