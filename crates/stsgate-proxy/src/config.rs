@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
-use stsgate_rules::{SourceError, SourceText};
+use stsgate_rules::{IpSet, SourceError, SourceText};
 use toml::Spanned;
 
 pub use crate::paths::{
@@ -87,9 +87,8 @@ pub struct Upstream {
 /// How the client IP is found.
 #[derive(Debug, Clone)]
 pub struct ClientIp {
-    /// Peers whose forwarded headers (and PROXY protocol headers) are
-    /// believed; hot reloaded (see [`crate::trusted`]).
-    pub trusted_proxies: crate::trusted::TrustedProxies,
+    /// Peers whose forwarded headers are believed.
+    pub trusted_proxies: IpSet,
     /// Headers to read, in order.
     pub headers: Vec<HeaderName>,
     /// IP lists look at every believed address.
@@ -326,14 +325,6 @@ pub const DEFAULT_HEADERS: &[&str] = &["X-MS-Forwarded-Client-IP", "X-Forwarded-
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<SourceError>> {
-        Config::load_with(path, None)
-    }
-
-    /// [`Config::load`]; trusted proxy lists that fail fall back on `last_good`.
-    pub fn load_with(
-        path: &Path,
-        last_good: Option<&crate::trusted::LastGood>,
-    ) -> Result<Config, Vec<SourceError>> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![SourceError::whole_file(
@@ -341,20 +332,11 @@ impl Config {
                 format!("cannot read the config file: {e}"),
             )]
         })?;
-        Config::parse_with(&shown, &text, last_good)
+        Config::parse(&shown, &text)
     }
 
     /// Validates config text read from `path`; every error found is returned.
     pub fn parse(path: &str, text: &str) -> Result<Config, Vec<SourceError>> {
-        Config::parse_with(path, text, None)
-    }
-
-    /// [`Config::parse`]; trusted proxy lists that fail fall back on `last_good`.
-    pub fn parse_with(
-        path: &str,
-        text: &str,
-        last_good: Option<&crate::trusted::LastGood>,
-    ) -> Result<Config, Vec<SourceError>> {
         let src = SourceText::new(path, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![src.toml_error(&e)])?;
         let mut v = Validator {
@@ -436,6 +418,7 @@ impl Config {
             paths: v.prefixes(raw.filter.paths.as_deref(), DEFAULT_PATHS),
             other_paths: raw.filter.other_paths.unwrap_or(OtherPaths::Forward),
             refuse_paths: v.prefixes(raw.filter.refuse_paths.as_deref(), DEFAULT_REFUSE_PATHS),
+            pass_paths: v.prefixes(raw.filter.pass_paths.as_deref(), DEFAULT_PASS_PATHS),
         };
 
         let client_ip = {
@@ -556,17 +539,6 @@ impl Config {
     }
 }
 
-/// The host name and process id: `adfs-gate-1/4242`.
-fn default_instance() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "stsgate".to_string());
-    format!("{host}/{}", std::process::id())
-}
-
 /// Collects errors while turning raw values into validated ones.
 struct Validator<'a> {
     src: &'a SourceText<'a>,
@@ -662,6 +634,7 @@ mod tests {
         assert_eq!(c.listen.addrs, vec!["0.0.0.0:443".parse().unwrap()]);
         assert_eq!(c.filter.paths, ["/adfs/services/trust/"]);
         assert_eq!(c.filter.refuse_paths.len(), 2);
+        assert_eq!(c.filter.pass_paths[0], "/adfs/services/trust/mex");
         assert_eq!(c.limits.max_body, 262_144);
         assert_eq!(c.upstream.timeout, Duration::from_secs(30));
         assert_eq!(c.client_ip.headers[0].as_str(), "x-ms-forwarded-client-ip");
