@@ -54,7 +54,8 @@ impl ClientAddrs {
 /// Derives the client addresses of a request.
 pub fn derive(peer: IpAddr, headers: &HeaderMap, config: &ClientIp) -> ClientAddrs {
     let peer = canonical(peer);
-    let trusted = |ip: &IpAddr| config.trusted_proxies.contains(*ip);
+    let proxies = config.trusted_proxies.load();
+    let trusted = |ip: &IpAddr| proxies.contains(*ip);
     let mut out = ClientAddrs {
         peer,
         client: peer,
@@ -169,7 +170,11 @@ mod tests {
             .map(|t| toml::Spanned::new(0..0, t.to_string()))
             .collect();
         ClientIp {
-            trusted_proxies: stsgate_rules::lists::ip_set("t", "", &items).unwrap(),
+            trusted_proxies: crate::trusted::TrustedProxies::new(
+                crate::trusted::TrustedSet::from_set(
+                    stsgate_rules::lists::ip_set("t", "", &items).unwrap(),
+                ),
+            ),
             headers: crate::config::DEFAULT_HEADERS
                 .iter()
                 .map(|h| HeaderName::from_bytes(h.as_bytes()).unwrap())

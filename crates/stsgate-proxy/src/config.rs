@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use serde::Deserialize;
-use stsgate_rules::{IpSet, SourceError, SourceText};
+use stsgate_rules::{SourceError, SourceText};
 use toml::Spanned;
 
 pub use crate::paths::{
@@ -87,8 +87,9 @@ pub struct Upstream {
 /// How the client IP is found.
 #[derive(Debug, Clone)]
 pub struct ClientIp {
-    /// Peers whose forwarded headers are believed.
-    pub trusted_proxies: IpSet,
+    /// Peers whose forwarded headers (and PROXY protocol headers) are
+    /// believed; hot reloaded (see [`crate::trusted`]).
+    pub trusted_proxies: crate::trusted::TrustedProxies,
     /// Headers to read, in order.
     pub headers: Vec<HeaderName>,
     /// IP lists look at every believed address.
@@ -325,6 +326,14 @@ pub const DEFAULT_HEADERS: &[&str] = &["X-MS-Forwarded-Client-IP", "X-Forwarded-
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, Vec<SourceError>> {
+        Config::load_with(path, None)
+    }
+
+    /// [`Config::load`]; trusted proxy lists that fail fall back on `last_good`.
+    pub fn load_with(
+        path: &Path,
+        last_good: Option<&crate::trusted::LastGood>,
+    ) -> Result<Config, Vec<SourceError>> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![SourceError::whole_file(
@@ -332,11 +341,20 @@ impl Config {
                 format!("cannot read the config file: {e}"),
             )]
         })?;
-        Config::parse(&shown, &text)
+        Config::parse_with(&shown, &text, last_good)
     }
 
     /// Validates config text read from `path`; every error found is returned.
     pub fn parse(path: &str, text: &str) -> Result<Config, Vec<SourceError>> {
+        Config::parse_with(path, text, None)
+    }
+
+    /// [`Config::parse`]; trusted proxy lists that fail fall back on `last_good`.
+    pub fn parse_with(
+        path: &str,
+        text: &str,
+        last_good: Option<&crate::trusted::LastGood>,
+    ) -> Result<Config, Vec<SourceError>> {
         let src = SourceText::new(path, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![src.toml_error(&e)])?;
         let mut v = Validator {
@@ -423,12 +441,17 @@ impl Config {
 
         let client_ip = {
             let c = &raw.client_ip;
-            let trusted_proxies = match stsgate_rules::lists::ip_set(path, text, &c.trusted_proxies)
-            {
-                Ok(set) => set,
+            let trusted_proxies = match crate::trusted::compile(
+                path,
+                text,
+                &c.trusted_proxies,
+                &v.base,
+                last_good,
+            ) {
+                Ok(set) => crate::trusted::TrustedProxies::new(set),
                 Err(mut e) => {
                     v.errors.append(&mut e);
-                    IpSet::default()
+                    crate::trusted::TrustedProxies::default()
                 }
             };
             let headers = match &c.headers {

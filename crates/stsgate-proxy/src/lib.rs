@@ -21,6 +21,7 @@ pub mod proxy_body;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod trusted;
 pub mod upstream;
 pub mod wstrust;
 

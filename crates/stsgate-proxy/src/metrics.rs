@@ -76,6 +76,10 @@ pub struct Metrics {
     pub bad_forwarded_headers: IntCounter,
     /// Threat feeds that could not be read (their last good contents kept).
     pub feed_failures: IntCounter,
+    /// Trusted proxy lists or configs that failed to reload (last good kept).
+    pub trusted_list_failures: IntCounter,
+    /// Each upstream server: 1 healthy, 0 ejected (`server` = configured URL).
+    pub upstream_healthy: prometheus::IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -152,6 +156,24 @@ impl Metrics {
                 "stsgate_feed_failures_total",
                 "Threat feed reads that failed; the feed's last good contents were kept.",
             ),
+            trusted_list_failures: counter(
+                "stsgate_trusted_list_failures_total",
+                "Trusted proxy lists (or the config) that failed to reload; the last good set was kept.",
+            ),
+            upstream_healthy: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "stsgate_upstream_healthy",
+                        "Upstream servers: 1 healthy, 0 ejected after failures.",
+                    ),
+                    &["server"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             registry,
         };
         // Series that exist from the start, so rates and alerts see zero.

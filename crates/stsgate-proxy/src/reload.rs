@@ -27,6 +27,8 @@ pub struct Rules {
     feeds: Arc<Mutex<HashMap<PathBuf, Arc<str>>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Called at each reload with its trigger (the trusted proxies reload too).
+    also: std::sync::OnceLock<Box<dyn Fn(&'static str) + Send + Sync>>,
 }
 
 /// Reads threat feeds next to the rule file; a feed that cannot be read
@@ -86,12 +88,18 @@ impl Rules {
             metrics,
             feeds,
             reloading: tokio::sync::Mutex::new(()),
+            also: std::sync::OnceLock::new(),
         })
     }
 
     /// The rules in force now.
     pub fn current(&self) -> Arc<RuleSet> {
         self.current.load_full()
+    }
+
+    /// Has `f` called (once set, for good) at the start of every reload.
+    pub fn also_on_reload(&self, f: impl Fn(&'static str) + Send + Sync + 'static) {
+        let _ = self.also.set(Box::new(f));
     }
 
     /// The rule file.
@@ -101,6 +109,9 @@ impl Rules {
 
     /// Reloads the rule file; on error the old rules stay. `trigger` is logged.
     pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> ReloadResult {
+        if let Some(also) = self.also.get() {
+            also(trigger);
+        }
         let _one_at_a_time = self.reloading.lock().await;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
@@ -203,7 +214,7 @@ impl Rules {
 /// What identifies a file's contents cheaply: `None` when it cannot be read.
 type Fingerprint = Option<(u64, u64, u64, std::time::SystemTime)>;
 
-async fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
+pub(crate) async fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::with_capacity(files.len());
     for f in files {
@@ -220,7 +231,7 @@ async fn fingerprints(files: &[PathBuf]) -> Vec<Fingerprint> {
 }
 
 /// Watches the directories of `files`; any event there wakes the watch loop.
-fn watch_dirs(
+pub(crate) fn watch_dirs(
     files: &[PathBuf],
     tx: tokio::sync::mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {

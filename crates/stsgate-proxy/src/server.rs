@@ -159,6 +159,12 @@ impl Server {
         }
         tasks.spawn(self.admin.clone().serve(admin, stop_rx.clone()));
         tasks.spawn(self.gate.rules.clone().watch(wait_for(stop_rx.clone())));
+        tasks.spawn(crate::trusted::hot_reload(
+            &self.gate.config,
+            &self.gate.rules,
+            &self.gate.metrics,
+            wait_for(stop_rx.clone()),
+        ));
         self.admin.ready.store(true, Ordering::SeqCst);
         tracing::info!(listen = %bound.join(","), admin = %admin_addr, upstream = %self.gate.config.upstream.url, tls = self.tls.is_some(), "stsgate ready");
 
