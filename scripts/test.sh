@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs stsgate's whole test suite, after installing what the tests need on
-# a Debian machine: promtool (the metrics are checked with the real one).
+# a Debian machine: promtool (the metrics are checked with the real one) and
+# redis-server (the shared-state tests start their own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

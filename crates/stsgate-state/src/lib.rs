@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod embedded;
+pub mod redis;
 pub mod service;
 pub mod stage;
 pub mod store;

@@ -101,6 +101,8 @@ struct StoreLink {
     error: Mutex<Option<String>>,
     /// Block ids removed while the store was behind.
     tombstones: Mutex<HashSet<String>>,
+    /// Wakes the writer for a resync asked for by [`GateState::resync_soon`].
+    wake: tokio::sync::Notify,
 }
 
 impl StoreLink {
@@ -124,6 +126,11 @@ impl StoreLink {
 pub struct GateState {
     table: ArcSwap<BlockTable>,
     blocks: Mutex<HashMap<String, Arc<Block>>>,
+    /// Blocks removed here (id → `created_at_ms`, `expires_at_ms`), until
+    /// they would have ended: a shared store or another instance that still
+    /// has one (a missed message, a resync racing the removal) does not
+    /// bring it back; it is removed there again instead.
+    removed: Mutex<HashMap<String, (u64, u64)>>,
     max_ttl: Duration,
     instance: String,
     metrics: StateMetrics,
@@ -171,6 +178,7 @@ impl GateState {
                 behind: AtomicBool::new(false),
                 error: Mutex::new(None),
                 tombstones: Mutex::new(HashSet::new()),
+                wake: tokio::sync::Notify::new(),
             });
             receivers.push((link.clone(), rx));
             links.push(link);
@@ -178,6 +186,7 @@ impl GateState {
         GateState {
             table: ArcSwap::from_pointee(BlockTable::default()),
             blocks: Mutex::new(HashMap::new()),
+            removed: Mutex::new(HashMap::new()),
             max_ttl,
             instance,
             metrics: StateMetrics::new(registry),
@@ -267,6 +276,14 @@ impl GateState {
             }
             self.publish(&map);
         }
+        {
+            let mut removed = lock(&self.removed);
+            if !removed.is_empty() {
+                for (block, _) in &out {
+                    removed.remove(&block.id);
+                }
+            }
+        }
         for (block, _) in &out {
             self.write(|| Change::Put(encode(block)));
             self.emit(StateEvent::BlockAdded(block.clone()));
@@ -283,6 +300,7 @@ impl GateState {
             self.publish(&map);
             removed
         };
+        self.remember_removed(&removed);
         self.write(|| Change::Remove {
             ns: Namespace::Blocks,
             key: id.to_string(),
@@ -318,6 +336,19 @@ impl GateState {
         if !block.live(now_ms()) {
             return;
         }
+        let stale = lock(&self.removed)
+            .get(&block.id)
+            .is_some_and(|&(created, _)| block.created_at_ms <= created);
+        if stale {
+            // Removed here after it was made: remove it there again.
+            for link in self.links.iter().filter(|l| l.store.kind() == from) {
+                link.send(Change::Remove {
+                    ns: Namespace::Blocks,
+                    key: block.id.clone(),
+                });
+            }
+            return;
+        }
         let block = Arc::new(block);
         {
             let mut map = lock(&self.blocks);
@@ -332,13 +363,15 @@ impl GateState {
 
     /// A block removed by another instance.
     pub fn remote_remove(&self, id: &str, from: StoreKind) {
-        {
+        let removed = {
             let mut map = lock(&self.blocks);
-            if map.remove(id).is_none() {
+            let Some(removed) = map.remove(id) else {
                 return;
-            }
+            };
             self.publish(&map);
-        }
+            removed
+        };
+        self.remember_removed(&removed);
         self.write_except(from, || Change::Remove {
             ns: Namespace::Blocks,
             key: id.to_string(),
@@ -358,6 +391,7 @@ impl GateState {
     pub fn resync_soon(&self, kind: StoreKind) {
         if let Some(link) = self.links.iter().find(|l| l.store.kind() == kind) {
             link.behind.store(true, Ordering::Relaxed);
+            link.wake.notify_one();
         }
     }
 
@@ -483,6 +517,14 @@ impl GateState {
                     // Behind: the resync writes the whole state anyway.
                     batch.clear();
                 }
+                () = link.wake.notified() => {
+                    if link.behind.load(Ordering::Relaxed) {
+                        match self.resync(&link).await {
+                            Ok(()) => self.store_ok(&link),
+                            Err(e) => self.store_failed(&link, &e),
+                        }
+                    }
+                }
                 _ = retry.tick() => {
                     if link.behind.load(Ordering::Relaxed) {
                         match self.resync(&link).await {
@@ -569,13 +611,20 @@ impl GateState {
         }
     }
 
+    fn remember_removed(&self, block: &Block) {
+        let mut removed = lock(&self.removed);
+        if removed.len() < MAX_TOMBSTONES || removed.contains_key(&block.id) {
+            removed.insert(block.id.clone(), (block.created_at_ms, block.expires_at_ms));
+        }
+    }
+
     /// Drops blocks that have ended (requests already ignore them).
     pub fn purge_now(&self) {
         let now = now_ms();
+        lock(&self.removed).retain(|_, &mut (_, expires)| expires > now);
         let expired: Vec<Arc<Block>> = {
             let mut map = lock(&self.blocks);
-            let expired: Vec<Arc<Block>> =
-                map.values().filter(|b| !b.live(now)).cloned().collect();
+            let expired: Vec<Arc<Block>> = map.values().filter(|b| !b.live(now)).cloned().collect();
             if expired.is_empty() {
                 return;
             }
@@ -665,7 +714,9 @@ mod tests {
             assert_eq!(added[0].1, Added::Created);
             id = added[0].0.id.clone();
             assert!(state.table().by_ip(&[ip], now_ms()).is_some());
-            let again = state.add(vec![nb(json!({"ip": "198.51.100.0/24", "ttl": 120, "reason": "soar"}))]);
+            let again = state.add(vec![nb(
+                json!({"ip": "198.51.100.0/24", "ttl": 120, "reason": "soar"}),
+            )]);
             assert_eq!(again[0].1, Added::Extended);
             assert_eq!(again[0].0.id, id);
             assert!(again[0].0.expires_at_ms > added[0].0.expires_at_ms);
@@ -698,7 +749,10 @@ mod tests {
         state.add(vec![short]);
         assert_eq!(state.table().counts(), (0, 1));
         std::thread::sleep(Duration::from_millis(40));
-        assert!(state.table().by_user("a@b", now_ms()).is_none(), "ended at once");
+        assert!(
+            state.table().by_user("a@b", now_ms()).is_none(),
+            "ended at once"
+        );
         state.purge_now();
         assert_eq!(state.table().counts(), (0, 0));
         assert!(matches!(events.try_recv(), Ok(StateEvent::BlockAdded(_))));
