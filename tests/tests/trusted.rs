@@ -187,3 +187,125 @@ fn check_reports_list_errors_in_the_list_file() {
         "{all}"
     );
 }
+
+/// Starts a gate listening with `proxy_protocol = true`.
+fn proxy_protocol_gate(upstream: &Upstream, trusted: &str) -> Gate {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/wstrust.toml"), DENY_5143).unwrap();
+    let token = "test-token-0123456789".to_string();
+    std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("stsgate.toml"),
+        format!(
+            "rules = \"rules/wstrust.toml\"\n[listen]\naddr = \"127.0.0.1:0\"\nproxy_protocol = true\n[upstream]\nurl = \"http://{}\"\n[admin]\naddr = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n[state]\ndir = \"state\"\n[client_ip]\ntrusted_proxies = [{trusted}]\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    Gate::spawn(dir, token)
+}
+
+/// A sign-in preceded by `header`: (status, or 0 when closed unanswered).
+fn signin_after(gate: &Gate, header: &[u8]) -> u16 {
+    let body = fixture("rst-2005-usernamemixed.xml");
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(
+        format!(
+            "POST {USERNAMEMIXED} HTTP/1.1\r\nHost: sts.test\r\nContent-Type: application/soap+xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    bytes.extend_from_slice(&body);
+    raw(gate.addr, &bytes).0
+}
+
+fn v2_tcp4(command: u8, source: [u8; 4]) -> Vec<u8> {
+    let mut b = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    b.extend([0x20 | command, 0x11, 0, 12]);
+    b.extend(source);
+    b.extend([127, 0, 0, 1]);
+    b.extend(40000u16.to_be_bytes());
+    b.extend(443u16.to_be_bytes());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_a_trusted_balancer() {
+    let upstream = Upstream::start().await;
+    let gate = proxy_protocol_gate(&upstream, "\"127.0.0.1\"");
+
+    // v1 and v2 carry the client: the rules see it.
+    assert_eq!(
+        signin_after(&gate, b"PROXY TCP4 5.143.9.9 127.0.0.1 51000 443\r\n"),
+        500
+    );
+    assert_eq!(signin_after(&gate, &v2_tcp4(1, [5, 143, 7, 7])), 500);
+    let d = gate.wait_decisions(|d| d.iter().filter(|e| e["action"] == "refuse").count() == 2);
+    let peers: Vec<_> = d.iter().map(|e| e["peer_ip"].as_str().unwrap()).collect();
+    assert_eq!(peers, ["5.143.9.9", "5.143.7.7"]);
+    assert_eq!(d[0]["client_ip"], "5.143.9.9");
+
+    // A harmless client passes, and the STS sees it as the peer.
+    assert_eq!(
+        signin_after(&gate, b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n"),
+        200
+    );
+    assert_eq!(
+        upstream.seen().last().unwrap().headers["x-forwarded-for"],
+        "2001:db8::7"
+    );
+    assert_eq!(signin_after(&gate, &v2_tcp4(1, [198, 51, 100, 7])), 200);
+    assert_eq!(
+        upstream.seen().last().unwrap().headers["x-forwarded-for"],
+        "198.51.100.7"
+    );
+
+    // LOCAL (the balancer's own probe), UNKNOWN and no header at all: the TCP peer.
+    for header in [&v2_tcp4(0, [5, 143, 1, 1])[..], b"PROXY UNKNOWN\r\n", b""] {
+        assert_eq!(signin_after(&gate, header), 200, "{header:?}");
+        assert_eq!(
+            upstream.seen().last().unwrap().headers["x-forwarded-for"],
+            "127.0.0.1"
+        );
+    }
+
+    // Malformed: closed unanswered.
+    assert_eq!(
+        signin_after(&gate, b"PROXY TCP4 5.143.9.9 nowhere 1 2\r\n"),
+        0
+    );
+    let mut long = v2_tcp4(1, [5, 143, 1, 1]);
+    long[14..16].copy_from_slice(&2000u16.to_be_bytes());
+    assert_eq!(signin_after(&gate, &long), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_an_untrusted_peer_is_closed() {
+    let upstream = Upstream::start().await;
+    let gate = proxy_protocol_gate(&upstream, "\"192.0.2.1\"");
+    let before = upstream.count();
+    assert_eq!(
+        signin_after(&gate, b"PROXY TCP4 198.51.100.7 127.0.0.1 51000 443\r\n"),
+        0
+    );
+    assert_eq!(signin_after(&gate, &v2_tcp4(1, [198, 51, 100, 7])), 0);
+    assert_eq!(upstream.count(), before, "nothing forwarded");
+    // Without a header it is served as itself.
+    assert_eq!(signin_after(&gate, b""), 200);
+    assert_eq!(
+        upstream.seen().last().unwrap().headers["x-forwarded-for"],
+        "127.0.0.1"
+    );
+    // A header split across segments is still recognised.
+    let mut s = TcpStream::connect(gate.addr).unwrap();
+    s.write_all(b"PRO").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(b"XY TCP4 198.51.100.7 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+}

@@ -58,6 +58,8 @@ pub struct Listen {
     pub tls: Option<TlsFiles>,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Accept PROXY protocol v1/v2 headers from trusted proxies.
+    pub proxy_protocol: bool,
 }
 
 /// A PEM certificate chain and its key.
@@ -224,6 +226,9 @@ struct RawListen {
     tls_key: Option<Spanned<String>>,
     /// Default 30s.
     drain_timeout: Option<Spanned<String>>,
+    /// Default false: PROXY protocol headers from trusted proxies.
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -397,6 +402,7 @@ impl Config {
                 addrs,
                 tls,
                 drain_timeout,
+                proxy_protocol: raw.listen.proxy_protocol,
             }
         };
 

@@ -18,6 +18,7 @@ pub mod idle;
 pub mod metrics;
 pub mod paths;
 pub mod proxy_body;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
 pub mod tls;

@@ -310,9 +310,14 @@ async fn serve_connection(accepted: Accepted, gate: Arc<Gate>, shared: Arc<Share
         permits: _permits,
         watcher,
     } = accepted;
-    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+    let Ok(mut stream) = tokio::net::TcpStream::from_std(stream) else {
         return;
     };
+    // Behind an L4 balancer: the client address of a trusted PROXY header.
+    let Some(peer) = crate::proxy_protocol::peer(&mut stream, conn.peer, &gate.config).await else {
+        return;
+    };
+    let conn = Conn { peer, ..conn };
     let limits = gate.config.limits.clone();
     let activity = Activity::new();
     let stream = Tracked::new(stream, activity.clone());
