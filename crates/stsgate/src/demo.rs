@@ -2,10 +2,12 @@
 //! like ADFS (an RSTR for password `demo`, the failed-authentication fault
 //! otherwise), the gate in front of it with the embedded
 //! `rules/example.toml`, and the admin listener. Everything it writes goes
-//! to one directory, printed at start, so the rules can be edited live.
+//! to one directory, printed at start, so the rules can be edited live. A
+//! directory the demo made itself (no `--dir`) is removed when it stops.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -24,19 +26,40 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9100")]
     admin: SocketAddr,
     /// Directory for the demo's config, rules and samples (default: a new
-    /// directory under the system's temporary directory).
+    /// directory under the system's temporary directory, removed on exit).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
 
+/// A directory the demo made: removed when the demo ends (Ctrl-C, SIGTERM,
+/// or an error), whatever the way out.
+struct OwnDir(PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("stsgate: cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
 pub fn demo(args: Args) -> Result<()> {
     crate::init_tracing();
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("stsgate-demo-{}", std::process::id())),
+    let (dir, _own) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            // A fresh, private directory with an unguessable name.
+            let dir = std::env::temp_dir().join(format!("stsgate-demo-{}", &random_token()?[..12]));
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            (dir.clone(), Some(OwnDir(dir)))
+        }
     };
     std::fs::create_dir_all(dir.join("rules/feeds"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    let removed_on_exit = _own.is_some();
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let sts = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -63,7 +86,15 @@ pub fn demo(args: Args) -> Result<()> {
         let result = crate::serve(
             config,
             Some(Box::new(move |_: &Config| {
-                print_welcome(&dir, &config_path, listen, admin, sts_addr, &token)
+                print_welcome(&Welcome {
+                    dir: &dir,
+                    config: &config_path,
+                    listen,
+                    admin,
+                    sts: sts_addr,
+                    token: &token,
+                    removed_on_exit,
+                })
             })),
         )
         .await;
@@ -80,7 +111,18 @@ fn write_files(dir: &Path, args: &Args, sts: SocketAddr, token: &str) -> Result<
     };
     write("rules/example.toml", EXAMPLE_RULES)?;
     write("rules/feeds/example-drop.txt", EXAMPLE_FEED)?;
-    write("admin.token", &format!("{token}\n"))?;
+    // The token is a credential: readable by its owner only.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("admin.token"))
+        .and_then(|mut f| {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(format!("{token}\n").as_bytes())
+        })
+        .with_context(|| format!("cannot write {}", dir.join("admin.token").display()))?;
     write("rst-good.xml", &sample_rst("alice@contoso.com", "demo"))?;
     write(
         "rst-wrong.xml",
@@ -149,17 +191,53 @@ fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn print_welcome(
-    dir: &Path,
-    config: &Path,
+/// What the welcome names.
+struct Welcome<'a> {
+    dir: &'a Path,
+    config: &'a Path,
     listen: SocketAddr,
     admin: SocketAddr,
     sts: SocketAddr,
-    token: &str,
-) {
+    token: &'a str,
+    removed_on_exit: bool,
+}
+
+/// `s` as one shell word: as is when it is plain, else in single quotes.
+fn sh(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@=,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Prints the URLs and commands that run as printed: the binary by its
+/// absolute path, paths quoted for the shell.
+fn print_welcome(w: &Welcome<'_>) {
+    let Welcome {
+        listen,
+        admin,
+        sts,
+        token,
+        ..
+    } = *w;
     let url = format!("http://{listen}/adfs/services/trust/2005/usernamemixed");
-    let d = dir.display();
+    let d = w.dir.display();
+    let file = |name: &str| sh(&w.dir.join(name).display().to_string());
+    let (good, wrong) = (file("rst-good.xml"), file("rst-wrong.xml"));
+    let bin = std::env::current_exe()
+        .map(|p| sh(&p.display().to_string()))
+        .unwrap_or_else(|_| "stsgate".to_string());
+    let config = sh(&w.config.display().to_string());
     let post = format!("curl -si {url} -H 'Content-Type: application/soap+xml; charset=utf-8'");
+    let stop = if w.removed_on_exit {
+        format!("Ctrl-C stops the demo and removes {d}.")
+    } else {
+        "Ctrl-C stops the demo.".to_string()
+    };
     println!(
         r#"
 stsgate demo is running.
@@ -172,22 +250,25 @@ stsgate demo is running.
 Try:
 
   # forwarded: an ActiveSync sign-in with the right password (200 and a token)
-  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' --data-binary @{d}/rst-good.xml
+  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' --data-binary @{good}
 
   # forwarded: the wrong password (500, FailedAuthentication, from the STS)
-  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' --data-binary @{d}/rst-wrong.xml
+  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' --data-binary @{wrong}
 
   # refused: a client in 5.143.*.* (the same 500 fault, but the STS never sees it)
-  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' -H 'X-MS-Forwarded-Client-IP: 5.143.7.7' --data-binary @{d}/rst-good.xml
+  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' -H 'X-MS-Forwarded-Client-IP: 5.143.7.7' --data-binary @{good}
 
   # refused: a spray tool's user agent
-  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' -H 'X-MS-Client-User-Agent: python-requests/2.32' --data-binary @{d}/rst-good.xml
+  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' -H 'X-MS-Client-User-Agent: python-requests/2.32' --data-binary @{good}
 
   # refused: the windowstransport endpoint is never reachable
   curl -si http://{listen}/adfs/services/trust/13/windowstransport -X POST
 
+  # forwarded without a decision: metadata exchange carries no credential
+  curl -si http://{listen}/adfs/services/trust/mex
+
   # why? the same decision offline, stage by stage
-  stsgate explain --config {config} --peer 127.0.0.1 --ip 5.143.7.7 -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync'
+  {bin} explain --config {config} --peer 127.0.0.1 --ip 5.143.7.7 -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync'
 
   # what happened so far
   curl -s http://{admin}/metrics | grep stsgate_decisions_total
@@ -195,8 +276,7 @@ Try:
   # reload the rules through the API
   curl -si -X POST -H 'Authorization: Bearer {token}' http://{admin}/api/v1/reload
 
-The decision log follows, one line per request. Ctrl-C stops the demo.
-"#,
-        config = config.display(),
+The decision log follows, one line per request. {stop}
+"#
     );
 }
