@@ -400,9 +400,10 @@ struct Lexer<'a> {
 }
 
 impl<'a> Lexer<'a> {
+    /// `None` when the body is not UTF-8 (or beyond 4 GiB: offsets are kept
+    /// in 32 bits; the caller caps bodies far below).
     fn new(body: &'a [u8]) -> Option<Self> {
         let text = std::str::from_utf8(body).ok()?;
-        // Offsets are kept in 32 bits; the caller caps bodies far below.
         u32::try_from(body.len()).ok()?;
         let pos = if body.starts_with(b"\xEF\xBB\xBF") {
             3
