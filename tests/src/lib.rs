@@ -700,3 +700,102 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Requ
 
 /// The WS-Trust 2005 path.
 pub const USERNAMEMIXED: &str = "/adfs/services/trust/2005/usernamemixed";
+
+// ---- the admin API and restarts (gate state) -----------------------------
+
+impl Gate {
+    /// Calls the admin API with `token` (`None`: no Authorization header):
+    /// (status, body parsed as JSON, or `Null`).
+    pub fn api_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, text) = raw(self.admin, req.as_bytes());
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Calls the admin API with the gate's token.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        self.api_as(Some(&self.token.clone()), method, path, body)
+    }
+
+    /// Stops the process (SIGTERM, or SIGKILL with `kill9`) and starts a new
+    /// one on the same directory (config, rules, state).
+    pub fn restart(mut self, kill9: bool) -> Gate {
+        self.signal(if kill9 { "KILL" } else { "TERM" });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "stsgate did not exit: {}",
+            self.stderr().join("\n")
+        );
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let token = self.token.clone();
+        drop(self);
+        Gate::spawn(dir, token)
+    }
+
+    /// Stops the process (SIGTERM) and hands back its directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.signal("TERM");
+        assert!(
+            self.wait_exit(Duration::from_secs(15)).is_some(),
+            "stsgate did not exit: {}",
+            self.stderr().join("\n")
+        );
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Waits (bounded) until `f` holds; false when it never did.
+    pub fn wait_until(&self, timeout: Duration, mut f: impl FnMut(&Gate) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f(self) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// A WS-Trust 2005 request for `user` (XML-escaped here) with odd prefixes.
+pub fn rst_for(user: &str, password: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('\'', "&apos;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        concat!(
+            r#"<?xml version="1.0" encoding="utf-8"?><soapenv:Envelope xmlns:soapenv="http://www.w3.org/2003/05/soap-envelope" "#,
+            r#"xmlns:x="http://www.w3.org/2005/08/addressing"><soapenv:Header><x:Action>http://schemas.xmlsoap.org/ws/2005/02/trust/RST/Issue</x:Action>"#,
+            r#"<sec:Security xmlns:sec="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"><sec:UsernameToken>"#,
+            r#"<sec:Username>{}</sec:Username><sec:Password>{}</sec:Password></sec:UsernameToken></sec:Security></soapenv:Header>"#,
+            r#"<soapenv:Body><t:RequestSecurityToken xmlns:t="http://schemas.xmlsoap.org/ws/2005/02/trust"><t:RequestType>http://schemas.xmlsoap.org/ws/2005/02/trust/Issue</t:RequestType></t:RequestSecurityToken></soapenv:Body></soapenv:Envelope>"#
+        ),
+        esc(user),
+        esc(password)
+    )
+}

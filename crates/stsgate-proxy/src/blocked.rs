@@ -9,6 +9,32 @@ use std::time::{Duration, SystemTime};
 use crate::config::BlockedStyle;
 use crate::proxy_body::{Body, full};
 
+/// Every answer the gate gives without the upstream's help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    /// A refused request: 500 SOAP fault or 403, per `blocked.style`.
+    Blocked(BlockedStyle),
+    /// A `redirect` failure action: 302.
+    Redirect(&'a str),
+    /// A request the gate cannot read: 400, 408, 413 (431 is hyper's own).
+    ClientError(StatusCode),
+    /// The upstream could not be reached: 502.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time: 504.
+    UpstreamTimeout,
+}
+
+/// The answer for `refusal`: statuses mapped in one place.
+pub fn answer(refusal: Refusal<'_>) -> Response<Body> {
+    match refusal {
+        Refusal::Blocked(style) => blocked(style),
+        Refusal::Redirect(location) => redirect(location),
+        Refusal::ClientError(status) => plain(status, status.canonical_reason().unwrap_or("")),
+        Refusal::UpstreamUnreachable => plain(StatusCode::BAD_GATEWAY, "Bad Gateway\n"),
+        Refusal::UpstreamTimeout => plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"),
+    }
+}
+
 /// The blocked response: a SOAP 1.2 fault that a client cannot tell from a
 /// failed sign-in at the STS, or a plain 403.
 pub fn blocked(style: BlockedStyle) -> Response<Body> {

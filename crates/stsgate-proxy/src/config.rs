@@ -47,6 +47,36 @@ pub struct Config {
     pub log: Log,
     /// `[alerts]`.
     pub alerts: Alerts,
+    /// Where the file-valued keys were written, for errors about the files.
+    pub positions: KeyPositions,
+}
+
+/// Line and column of the value of each file-valued key of the config
+/// (`rules`, `listen.tls_cert`, `upstream.ca_file`, ...), so that a problem
+/// with the file itself is reported where the file is named.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPositions(Vec<(&'static str, u32, u32)>);
+
+impl KeyPositions {
+    /// Where `key` was written, if it was.
+    pub fn get(&self, key: &str) -> Option<(u32, u32)> {
+        self.0
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|&(_, line, column)| (line, column))
+    }
+
+    /// An error about the file named by `key`, at its value in `config`
+    /// (`1:1` when the key is not written, as for a default).
+    pub fn error(&self, config: &Path, key: &str, message: impl Into<String>) -> SourceError {
+        let (line, column) = self.get(key).unwrap_or((1, 1));
+        SourceError {
+            path: config.display().to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
 }
 
 /// Where the gate listens.
@@ -71,11 +101,22 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// The STS behind the gate.
+/// The STS behind the gate: one server, or several (a farm without a load
+/// balancer).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `http://` or `https://` base URL.
+    /// `http://` or `https://` base URL (the first of `urls`).
     pub url: http::Uri,
+    /// Every server (`url`, or `urls`), in the order written.
+    pub urls: Vec<http::Uri>,
+    /// Path of the active health check (`GET`, 200 is healthy); none: passive only.
+    pub health_check: Option<http::uri::PathAndQuery>,
+    /// How often each server is checked.
+    pub health_interval: Duration,
+    /// How long a failing server is left out.
+    pub eject_for: Duration,
+    /// The servers' health, shared by every worker's client.
+    pub farm: crate::upstream::Farm,
     /// Extra trust roots for an https upstream.
     pub ca_file: Option<PathBuf>,
     /// SNI and certificate name, when the URL holds an address.
@@ -139,6 +180,11 @@ pub struct State {
     pub dir: PathBuf,
     /// Shared store.
     pub redis_url: Option<String>,
+    /// Longest block the API accepts.
+    pub max_ttl: Duration,
+    /// This instance's name in alerts and shared state (default: the host
+    /// name and the process id).
+    pub instance: String,
 }
 
 /// GeoIP database.
@@ -234,7 +280,16 @@ struct RawListen {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    url: Spanned<String>,
+    /// One server.
+    url: Option<Spanned<String>>,
+    /// Several servers, round robin over the healthy ones.
+    urls: Option<Vec<Spanned<String>>>,
+    /// Path of an active health check, e.g. "/adfs/probe".
+    health_check: Option<Spanned<String>>,
+    /// Default 5s.
+    health_interval: Option<Spanned<String>>,
+    /// Default 30s.
+    eject_for: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
     server_name: Option<Spanned<String>>,
     /// Default 5s.
@@ -304,6 +359,10 @@ struct RawState {
     /// Default /var/lib/stsgate.
     dir: Option<Spanned<String>>,
     redis_url: Option<Spanned<String>>,
+    /// Default 30d.
+    max_ttl: Option<Spanned<String>>,
+    /// Default: host name and process id.
+    instance: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,15 +419,39 @@ impl Config {
         text: &str,
         last_good: Option<&crate::trusted::LastGood>,
     ) -> Result<Config, Vec<SourceError>> {
+        match Config::parse_with_all(path, text, last_good) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(errors),
+        }
+    }
+
+    /// [`Config::parse`] for `check`: see [`Config::parse_with_all`].
+    pub fn parse_all(path: &str, text: &str) -> (Option<Config>, Vec<SourceError>) {
+        Config::parse_with_all(path, text, None)
+    }
+
+    /// [`Config::parse_with`] for `check`: every error, and the config as far as
+    /// it validated (defaults where a value was wrong), so that the files it
+    /// names can be checked in the same run. `None` when the text is not TOML
+    /// or its errors could not be stepped over.
+    pub fn parse_with_all(
+        path: &str,
+        text: &str,
+        last_good: Option<&crate::trusted::LastGood>,
+    ) -> (Option<Config>, Vec<SourceError>) {
         let src = SourceText::new(path, text);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![src.toml_error(&e)])?;
+        let (raw, early) = raw_model(&src);
         let mut v = Validator {
             src: &src,
             base: Path::new(path)
                 .parent()
                 .unwrap_or(Path::new(""))
                 .to_path_buf(),
-            errors: Vec::new(),
+            errors: early,
+            positions: KeyPositions::default(),
+        };
+        let Some(raw) = raw else {
+            return (None, v.errors);
         };
 
         let listen = {
@@ -384,8 +467,8 @@ impl Config {
             }
             let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
-                    cert: v.path(cert),
-                    key: v.path(key),
+                    cert: v.file("listen.tls_cert", cert),
+                    key: v.file("listen.tls_key", key),
                 }),
                 (None, None) => None,
                 (Some(s), None) | (None, Some(s)) => {
@@ -408,30 +491,72 @@ impl Config {
 
         let upstream = {
             let u = &raw.upstream;
-            let url = match u.url.get_ref().parse::<http::Uri>() {
-                Ok(url)
-                    if matches!(url.scheme_str(), Some("http" | "https"))
-                        && url.host().is_some() =>
-                {
-                    url
+            let written: Vec<&Spanned<String>> = match (&u.url, &u.urls) {
+                (Some(url), None) => vec![url],
+                (None, Some(urls)) if !urls.is_empty() => urls.iter().collect(),
+                (Some(_), Some(urls)) => {
+                    if let Some(first) = urls.first() {
+                        v.error(first, "set upstream.url or upstream.urls, not both");
+                    }
+                    Vec::new()
                 }
                 _ => {
-                    v.error(&u.url, format!("invalid upstream url {:?}: expected http://host[:port] or https://host[:port]", u.url.get_ref()));
-                    http::Uri::from_static("http://invalid")
+                    v.errors.push(SourceError::whole_file(
+                        path,
+                        "[upstream] needs url = \"https://...\" (or urls = [...] for several servers)",
+                    ));
+                    Vec::new()
                 }
             };
-            if url
-                .path_and_query()
-                .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-            {
-                v.error(
-                    &u.url,
-                    "the upstream url takes no path: requests keep their own path",
-                );
+            let mut urls = Vec::with_capacity(written.len());
+            for w in written {
+                let url = match w.get_ref().parse::<http::Uri>() {
+                    Ok(url)
+                        if matches!(url.scheme_str(), Some("http" | "https"))
+                            && url.host().is_some() =>
+                    {
+                        url
+                    }
+                    _ => {
+                        v.error(w, format!("invalid upstream url {:?}: expected http://host[:port] or https://host[:port]", w.get_ref()));
+                        continue;
+                    }
+                };
+                if url
+                    .path_and_query()
+                    .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+                {
+                    v.error(
+                        w,
+                        "the upstream url takes no path: requests keep their own path",
+                    );
+                }
+                if urls.contains(&url) {
+                    v.error(w, format!("upstream url {:?} is listed twice", w.get_ref()));
+                }
+                urls.push(url);
             }
+            if urls.is_empty() {
+                urls.push(http::Uri::from_static("http://invalid"));
+            }
+            let health_check = u.health_check.as_ref().and_then(|h| {
+                match h.get_ref().parse::<http::uri::PathAndQuery>() {
+                    Ok(p) if p.as_str().starts_with('/') => Some(p),
+                    _ => {
+                        v.error(h, format!("invalid health_check {:?}: a path such as \"/adfs/probe\"", h.get_ref()));
+                        None
+                    }
+                }
+            });
+            let eject_for = v.duration(u.eject_for.as_ref(), Duration::from_secs(30));
             Upstream {
-                url,
-                ca_file: u.ca_file.as_ref().map(|p| v.path(p)),
+                url: urls[0].clone(),
+                farm: crate::upstream::Farm::new(&urls, eject_for),
+                urls,
+                health_check,
+                health_interval: v.duration(u.health_interval.as_ref(), Duration::from_secs(5)),
+                eject_for,
+                ca_file: u.ca_file.as_ref().map(|p| v.file("upstream.ca_file", p)),
                 server_name: u.server_name.as_ref().map(|s| s.get_ref().clone()),
                 connect_timeout: v.duration(u.connect_timeout.as_ref(), Duration::from_secs(5)),
                 timeout: v.duration(u.timeout.as_ref(), Duration::from_secs(30)),
@@ -501,7 +626,11 @@ impl Config {
                 .as_ref()
                 .and_then(|a| v.socket_addr(a))
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9100))),
-            token_file: raw.admin.token_file.as_ref().map(|p| v.path(p)),
+            token_file: raw
+                .admin
+                .token_file
+                .as_ref()
+                .map(|p| v.file("admin.token_file", p)),
         };
 
         let log = Log {
@@ -528,7 +657,8 @@ impl Config {
 
         let config = Config {
             path: PathBuf::from(path),
-            rules: v.path(&raw.rules),
+            positions: KeyPositions::default(),
+            rules: v.file("rules", &raw.rules),
             listen,
             upstream,
             filter,
@@ -549,23 +679,152 @@ impl Config {
                     .dir
                     .as_ref()
                     .map_or_else(|| PathBuf::from("/var/lib/stsgate"), |d| v.path(d)),
-                redis_url: raw.state.redis_url.as_ref().map(|u| u.get_ref().clone()),
+                redis_url: raw.state.redis_url.as_ref().and_then(|u| {
+                    match stsgate_state::redis::RedisStore::new(u.get_ref(), "check") {
+                        Ok(_) => Some(u.get_ref().clone()),
+                        Err(e) => {
+                            v.error(u, format!("invalid redis_url: {e}"));
+                            None
+                        }
+                    }
+                }),
+                max_ttl: v.duration(raw.state.max_ttl.as_ref(), Duration::from_secs(30 * 86400)),
+                instance: raw
+                    .state
+                    .instance
+                    .as_ref()
+                    .map_or_else(default_instance, |i| i.get_ref().clone()),
             },
             geoip: GeoIp {
-                country_db: raw.geoip.country_db.as_ref().map(|p| v.path(p)),
+                country_db: raw
+                    .geoip
+                    .country_db
+                    .as_ref()
+                    .map(|p| v.file("geoip.country_db", p)),
             },
             log,
             alerts: Alerts {
                 webhook_url: raw.alerts.webhook_url.as_ref().map(|u| u.get_ref().clone()),
             },
         };
-        if v.errors.is_empty() {
-            Ok(config)
-        } else {
-            v.errors.sort_by_key(|e| (e.line, e.column));
-            Err(v.errors)
+        v.errors.sort_by_key(|e| (e.line, e.column));
+        (
+            Some(Config {
+                positions: v.positions,
+                ..config
+            }),
+            v.errors,
+        )
+    }
+}
+
+/// Sections that only a rule file has.
+const RULE_FILE_SECTIONS: &[&str] = &["request_blocking", "adaptive", "lockout", "spray"];
+
+/// The raw model, and every error serde finds on the way. serde stops at
+/// the first error; so the offending key-value line (or the whole table,
+/// for a table header) is blanked out with spaces, which keeps every offset,
+/// and the text parsed again, until it parses or no line can be blanked.
+/// A `missing field` caused by a blanked key is not reported twice.
+fn raw_model(src: &SourceText<'_>) -> (Option<RawConfig>, Vec<SourceError>) {
+    let text = src.text();
+    let Ok(table) = text.parse::<toml::Table>() else {
+        // A syntax error: serde reports it with its position.
+        return match toml::from_str::<RawConfig>(text) {
+            Ok(raw) => (Some(raw), Vec::new()),
+            Err(e) => (None, vec![src.toml_error(&e)]),
+        };
+    };
+    if !table.contains_key("upstream") {
+        if let Some(section) = RULE_FILE_SECTIONS.iter().find(|s| table.contains_key(**s)) {
+            return (
+                None,
+                vec![src.error_at(
+                    0,
+                    format!(
+                        "this looks like a rule file ([{section}], no [upstream]), not the main config: \
+                         --config takes stsgate.toml, which names the rule file with rules = \"...\""
+                    ),
+                )],
+            );
         }
     }
+    let mut work = text.to_string();
+    let mut errors: Vec<SourceError> = Vec::new();
+    let mut blanked: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let e = match toml::from_str::<RawConfig>(&work) {
+            Ok(raw) => return (Some(raw), errors),
+            Err(e) => e,
+        };
+        let message = e.message();
+        let caused_by_us = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .is_some_and(|field| blanked.iter().any(|b| b == field));
+        if caused_by_us {
+            break;
+        }
+        let error = src.toml_error(&e);
+        if !errors.iter().any(|x| x.message == error.message) {
+            errors.push(error);
+        }
+        let Some((next, key)) = e.span().and_then(|s| blank(&work, s.start)) else {
+            break;
+        };
+        if next.parse::<toml::Table>().is_err() {
+            break;
+        }
+        blanked.push(key);
+        work = next;
+    }
+    (None, errors)
+}
+
+/// `text` with the key-value line at `offset` (or the table whose header
+/// is there, up to the next header) replaced by spaces; and the key's last
+/// name. `None` when there is nothing left to blank there.
+fn blank(text: &str, offset: usize) -> Option<(String, String)> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = |from: usize| text[from..].find('\n').map_or(text.len(), |i| from + i);
+    let first = text[start..line_end(start)].trim();
+    if first.is_empty() {
+        return None;
+    }
+    let (end, key) = if let Some(header) = first.strip_prefix('[') {
+        let mut end = line_end(start);
+        while end < text.len() {
+            let next = line_end(end + 1);
+            if text[end + 1..next].trim_start().starts_with('[') {
+                break;
+            }
+            end = next;
+        }
+        (end, header.trim_matches(|c| c == '[' || c == ']').to_string())
+    } else {
+        (
+            line_end(start),
+            first.split('=').next().unwrap_or("").trim().to_string(),
+        )
+    };
+    let key = key.rsplit('.').next().unwrap_or("").trim_matches(['"', '\'', ' ']).to_string();
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    out.extend(text[start..end].chars().map(|c| if c == '\n' { c } else { ' ' }));
+    out.push_str(&text[end..]);
+    Some((out, key))
+}
+
+/// The host name and process id: `adfs-gate-1/4242`.
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "stsgate".to_string());
+    format!("{host}/{}", std::process::id())
 }
 
 /// Collects errors while turning raw values into validated ones.
@@ -573,11 +832,19 @@ struct Validator<'a> {
     src: &'a SourceText<'a>,
     base: PathBuf,
     errors: Vec<SourceError>,
+    positions: KeyPositions,
 }
 
 impl Validator<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors.push(self.src.error(&at.span(), message));
+    }
+
+    /// [`Validator::path`] of a file-valued key, remembering where it was written.
+    fn file(&mut self, key: &'static str, p: &Spanned<String>) -> PathBuf {
+        let (line, column) = self.src.position(p.span().start);
+        self.positions.0.push((key, line, column));
+        self.path(p)
     }
 
     fn path(&self, p: &Spanned<String>) -> PathBuf {
@@ -657,6 +924,33 @@ mod tests {
         "rules = \"rules/wstrust.toml\"\n[upstream]\nurl = \"https://adfs.corp.example.com\"\n";
 
     #[test]
+    fn several_upstream_servers() {
+        let c = Config::parse(
+            "s.toml",
+            "rules = \"r\"\n[upstream]\nurls = [\"https://adfs1.corp.example.com\", \"https://10.0.0.12:443\"]\nhealth_check = \"/adfs/probe\"\nhealth_interval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.urls.len(), 2);
+        assert_eq!(c.upstream.url, c.upstream.urls[0]);
+        assert_eq!(c.upstream.farm.len(), 2);
+        assert_eq!(c.upstream.health_check.as_ref().unwrap().as_str(), "/adfs/probe");
+        assert_eq!(c.upstream.health_interval, Duration::from_secs(2));
+        assert_eq!(c.upstream.eject_for, Duration::from_secs(30));
+        for (text, want) in [
+            ("url = \"http://a\"\nurls = [\"http://b\"]", "not both"),
+            ("urls = [\"http://a\", \"http://a\"]", "listed twice"),
+            ("urls = [\"http://a\", \"ftp://b\"]", "invalid upstream url"),
+            ("urls = []", "needs url"),
+            ("timeout = \"5s\"", "needs url"),
+            ("url = \"http://a\"\nhealth_check = \"probe\"", "invalid health_check"),
+        ] {
+            let e = Config::parse("s.toml", &format!("rules = \"r\"\n[upstream]\n{text}\n"))
+                .unwrap_err();
+            assert!(e.iter().any(|e| e.message.contains(want)), "{text}: {e:?}");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::parse("/etc/stsgate/stsgate.toml", MINIMAL).unwrap();
         assert_eq!(c.rules, Path::new("/etc/stsgate/rules/wstrust.toml"));
@@ -671,6 +965,31 @@ mod tests {
         assert_eq!(c.blocked_delay, crate::delay::DelayMode::Auto);
         assert_eq!(c.admin.addr, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_error_in_one_run_and_where_files_are_named() {
+        let text = "rules = \"r.toml\"\n[listen]\nbogus = 1\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[upstream]\nurl = \"http://sts\"\ntimeout = 5\nca_file = \"ca.pem\"\n[limits]\nmax_body = \"lots\"\n[nonsense]\na = 1\n[nonsense.sub]\nb = 2\n[admin]\ntoken_file = \"t\"\n";
+        let (config, errors) = Config::parse_all("s.toml", text);
+        let e: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].starts_with("s.toml:3:1: unknown field `bogus`"), "{e:?}");
+        assert!(e[1].starts_with("s.toml:8:11: invalid type"), "{e:?}");
+        assert!(e[2].starts_with("s.toml:11:12: invalid size"), "{e:?}");
+        assert!(e[3].starts_with("s.toml:12:2: unknown field `nonsense`"), "{e:?}");
+        let c = config.expect("the config as far as it validated");
+        assert_eq!(c.positions.get("listen.tls_cert"), Some((4, 12)));
+        assert_eq!(c.positions.get("upstream.ca_file"), Some((9, 11)));
+        assert_eq!(c.positions.get("admin.token_file"), Some((17, 14)));
+        assert_eq!(c.positions.get("geoip.country_db"), None);
+        assert!(Config::parse("s.toml", text).is_err());
+        // a required key with a bad value is not reported missing as well
+        let e = Config::parse("s.toml", "rules = 1\n[upstream]\nurl = \"http://sts\"\n").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        // a rule file handed over as the config
+        let e = Config::parse("r.toml", "[request_blocking.ip]\nrule = \"deny\"\n").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].to_string().starts_with("r.toml:1:1: this looks like a rule file"), "{e:?}");
     }
 
     #[test]
@@ -708,7 +1027,7 @@ mod tests {
             "rules = \"r\"\n[upstream]\nurl = \"ftp://x\"\nbogus = 1\n",
         )
         .unwrap_err();
-        assert_eq!(e[0].line, 4, "{e:?}");
+        assert_eq!((e.len(), e[0].line, e[1].line), (2, 3, 4), "{e:?}");
         let e = Config::parse("s.toml", &format!("{MINIMAL}[blocked]\ndelay = \"soon\"\n"))
             .unwrap_err();
         assert_eq!((e[0].line, e[0].column), (5, 9), "{e:?}");

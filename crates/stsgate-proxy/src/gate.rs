@@ -1,24 +1,23 @@
-//! The corridor: one request, start to end.
-//!
-//! path filter → client facts → gate state (stage 2) → adaptive (stage 3)
-//! → request blocking (stage 4) → upstream → response. Stages 3 and 4 are
-//! the pure [`RuleSet::decide`]; this file derives the facts once, applies
-//! the decision and logs it.
+//! One request, start to end: path filter → body → facts and the corridor's
+//! decision ([`crate::corridor`]: gate state, adaptive, request blocking) →
+//! refusal or upstream → response, counted and logged. Every answer the gate
+//! makes itself comes from [`crate::blocked`].
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use stsgate_rules::{Action, Decision, RuleSet, Stage};
+use stsgate_rules::{Action, Stage};
+use stsgate_state::GateState;
 
-use crate::blocked;
+use crate::blocked::{self, Refusal};
 use crate::client_ip::{self, ClientAddrs};
+use crate::corridor::{self, RequestFacts, Verdict};
 use crate::config::Config;
 use crate::decision_log::{DecisionLog, Event, bounded};
 use crate::geoip::GeoIp;
@@ -29,10 +28,7 @@ use crate::reload::Rules;
 use crate::upstream::{self, Failure, ForwardFacts, Upstream};
 use crate::wstrust;
 
-/// `X-MS-Client-Application`.
-pub static X_MS_CLIENT_APPLICATION: HeaderName = HeaderName::from_static("x-ms-client-application");
-/// `X-MS-Client-User-Agent`.
-pub static X_MS_CLIENT_USER_AGENT: HeaderName = HeaderName::from_static("x-ms-client-user-agent");
+pub use crate::corridor::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
 
 /// What the listener knows about a connection.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +51,8 @@ pub struct Gate {
     paths: PathFilter,
     log: DecisionLog,
     geoip: Option<Arc<GeoIp>>,
+    /// Gate state (stage 2).
+    pub state: Arc<GateState>,
 }
 
 impl Gate {
@@ -66,6 +64,7 @@ impl Gate {
         upstream: Upstream,
         log: DecisionLog,
         geoip: Option<Arc<GeoIp>>,
+        state: Arc<GateState>,
     ) -> Gate {
         let paths = PathFilter::new(&config.filter);
         Gate {
@@ -76,6 +75,7 @@ impl Gate {
             paths,
             log,
             geoip,
+            state,
         }
     }
 
@@ -89,6 +89,7 @@ impl Gate {
             paths: self.paths.clone(),
             log: self.log.clone(),
             geoip: self.geoip.clone(),
+            state: self.state.clone(),
         })
     }
 
@@ -114,7 +115,7 @@ impl Gate {
 
     fn refuse_path(&self, req: &Request<Incoming>, conn: Conn) -> Response<Body> {
         self.metrics.decision(Stage::Path, Action::Refuse);
-        let response = blocked::blocked(self.config.blocked);
+        let response = blocked::answer(Refusal::Blocked(self.config.blocked));
         self.log.send(Event {
             peer_ip: Some(conn.peer),
             path: Some(bounded(req.uri().path())),
@@ -126,71 +127,29 @@ impl Gate {
         response
     }
 
-    /// A WS-Trust request: facts, decision, then forward or refuse.
+    /// A filtered request: body, facts, the corridor's decision, then
+    /// refusal or upstream; one decision-log event.
     async fn filtered(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
-        let addrs = client_ip::derive(conn.peer, req.headers(), &self.config.client_ip);
-        if let Some((header, problem)) = &addrs.bad_header {
-            self.metrics.bad_forwarded_headers.inc();
-            tracing::warn!(peer = %conn.peer, header = %header, problem = %problem, "forwarded-IP header ignored");
-        }
         let (parts, body) = req.into_parts();
-        let mut event = Event {
-            peer_ip: Some(conn.peer),
-            client_ip: Some(addrs.client),
-            path: Some(bounded(parts.uri.path())),
-            ..Event::now()
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(status) => return self.reject(&parts, conn, status),
         };
-        let body = self.read_body(&parts.headers, body).await;
-        let rules = self.rules.current();
-        let (stage, action, step_up, redirect_url) = {
-            let application = header_text(&parts.headers, &X_MS_CLIENT_APPLICATION);
-            let user_agent = header_text(&parts.headers, &X_MS_CLIENT_USER_AGENT);
-            event.application = application.as_deref().map(bounded);
-            event.user_agent = user_agent.as_deref().map(bounded);
-            let body = match &body {
-                Ok(body) => body,
-                Err(status) => {
-                    event.status = Some(status.as_u16());
-                    self.log.send(Event {
-                        stage: Stage::None.as_str(),
-                        action: Action::Refuse.as_str(),
-                        ..event
-                    });
-                    return blocked::plain(*status, status.canonical_reason().unwrap_or(""));
-                }
-            };
-            event.user = wstrust::username(body).map(|u| bounded(&u));
-            let decision = self.decide(
-                &rules,
-                &addrs,
-                application.as_deref(),
-                user_agent.as_deref(),
-            );
-            event.list = decision.list.map(str::to_string);
-            event.entry = decision.entry.map(|e| e.text.to_string());
-            (
-                decision.stage,
-                decision.action,
-                decision.step_up,
-                decision.redirect_url.map(str::to_string),
-            )
-        };
-        let body = body.unwrap_or_default();
-        drop(rules);
-        self.metrics.decision(stage, action);
-        event.stage = stage.as_str();
-        event.action = action.as_str();
-
-        let response = match action {
-            Action::Refuse => blocked::blocked(self.config.blocked),
-            Action::Redirect => blocked::redirect(redirect_url.as_deref().unwrap_or("/")),
+        let user = wstrust::username(&body).map(|u| u.to_string());
+        let (verdict, addrs, mut event) = self.decide(&parts, conn, user);
+        self.metrics.decision(verdict.stage, verdict.action);
+        let response = match verdict.action {
+            Action::Refuse => blocked::answer(Refusal::Blocked(self.config.blocked)),
+            Action::Redirect => {
+                blocked::answer(Refusal::Redirect(verdict.redirect_url.as_deref().unwrap_or("/")))
+            }
             _ => {
                 let facts = ForwardFacts {
                     peer: conn.peer,
                     peer_trusted: addrs.peer_trusted,
                     client: addrs.client,
                     tls: conn.tls,
-                    step_up,
+                    step_up: verdict.step_up,
                 };
                 let request = self.upstream_request(parts, proxy_body::full(body), &facts);
                 let started = Instant::now();
@@ -204,18 +163,66 @@ impl Gate {
         response
     }
 
-    /// Stages 2 to 4 on the request's facts.
-    fn decide<'r>(
+    /// The corridor on one request's facts: the verdict, the client
+    /// addresses, and the decision-log event so far. Reads the rules and the
+    /// gate state in memory; never waits.
+    fn decide(
         &self,
-        rules: &'r RuleSet,
-        addrs: &ClientAddrs,
-        application: Option<&str>,
-        user_agent: Option<&str>,
-    ) -> Decision<'r> {
-        let country = crate::geoip::country_for(rules, self.geoip.as_deref(), addrs.client);
-        let facts = addrs.facts(application, user_agent, country);
-        // Stage 2 (dynamic blocks, smart lockout) slots in here, before the rules.
-        rules.decide(&facts)
+        parts: &http::request::Parts,
+        conn: Conn,
+        user: Option<String>,
+    ) -> (Verdict, ClientAddrs, Event) {
+        let rules = self.rules.current();
+        let blocks = self.state.table();
+        let request = RequestFacts::build(
+            conn.peer,
+            &parts.headers,
+            parts.uri.path(),
+            user,
+            &self.config.client_ip,
+            &rules,
+            self.geoip.as_deref(),
+        );
+        if let Some((header, problem)) = &request.addrs.bad_header {
+            self.metrics.bad_forwarded_headers.inc();
+            tracing::warn!(peer = %conn.peer, header = %header, problem = %problem, "forwarded-IP header ignored");
+        }
+        let verdict = Verdict::from(corridor::decide(
+            &request.facts(),
+            &blocks,
+            &rules,
+            &mut (),
+        ));
+        let event = Event {
+            peer_ip: Some(conn.peer),
+            client_ip: Some(request.addrs.client),
+            user: request.user.as_deref().map(bounded),
+            application: request.application.as_deref().map(bounded),
+            user_agent: request.user_agent.as_deref().map(bounded),
+            path: Some(bounded(request.path)),
+            stage: verdict.stage.as_str(),
+            action: verdict.action.as_str(),
+            list: verdict.list.clone(),
+            entry: verdict.entry.as_deref().map(bounded),
+            ..Event::now()
+        };
+        (verdict, request.addrs, event)
+    }
+
+    /// A filtered request the gate cannot read (too large, too slow,
+    /// malformed): answered with its 4xx, counted and logged.
+    fn reject(&self, parts: &http::request::Parts, conn: Conn, status: StatusCode) -> Response<Body> {
+        self.metrics.decision(Stage::None, Action::Refuse);
+        let response = blocked::answer(Refusal::ClientError(status));
+        self.log.send(Event {
+            peer_ip: Some(conn.peer),
+            path: Some(bounded(parts.uri.path())),
+            stage: Stage::None.as_str(),
+            action: Action::Refuse.as_str(),
+            status: Some(response.status().as_u16()),
+            ..Event::now()
+        });
+        response
     }
 
     /// Reads a filtered request's body, bounded by `limits.max_body` and
@@ -286,32 +293,23 @@ impl Gate {
             Err(Failure::Unreachable) => {
                 self.metrics.upstream(UpstreamClass::Error, seconds);
                 tracing::warn!(upstream = %self.config.upstream.url, "upstream unreachable: 502");
-                blocked::plain(StatusCode::BAD_GATEWAY, "Bad Gateway\n")
+                blocked::answer(Refusal::UpstreamUnreachable)
             }
             Err(Failure::Timeout) => {
                 self.metrics.upstream(UpstreamClass::Timeout, seconds);
                 tracing::warn!(upstream = %self.config.upstream.url, timeout = ?self.config.upstream.timeout, "upstream timed out: 504");
-                blocked::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+                blocked::answer(Refusal::UpstreamTimeout)
             }
         }
+    }
+
+    /// The GeoIP database, when one is configured.
+    pub fn geoip(&self) -> Option<&GeoIp> {
+        self.geoip.as_deref()
     }
 
     /// How long a graceful shutdown may take.
     pub fn drain_timeout(&self) -> Duration {
         self.config.listen.drain_timeout
     }
-}
-
-/// A header's value as text (UTF-8, lossy); several instances joined with
-/// ", " as HTTP combines them. Borrowed in the common single-value case.
-pub fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let mut text = String::from_utf8_lossy(first.as_bytes());
-    for more in values {
-        let t = text.to_mut();
-        t.push_str(", ");
-        t.push_str(&String::from_utf8_lossy(more.as_bytes()));
-    }
-    Some(text)
 }

@@ -76,6 +76,10 @@ pub struct Metrics {
     pub bad_forwarded_headers: IntCounter,
     /// Threat feeds that could not be read (their last good contents kept).
     pub feed_failures: IntCounter,
+    /// 1 while the rule file on disk compiles (the last load or reload
+    /// succeeded), 0 while the last attempt failed: an alert on it keeps
+    /// firing until the file is fixed, unlike the failure counter.
+    pub rules_file_ok: prometheus::IntGauge,
     /// Trusted proxy lists or configs that failed to reload (last good kept).
     pub trusted_list_failures: IntCounter,
     /// Each upstream server: 1 healthy, 0 ejected (`server` = configured URL).
@@ -156,6 +160,18 @@ impl Metrics {
                 "stsgate_feed_failures_total",
                 "Threat feed reads that failed; the feed's last good contents were kept.",
             ),
+            rules_file_ok: {
+                let g = prometheus::IntGauge::new(
+                    "stsgate_rules_file_ok",
+                    "1 while the rule file on disk compiles; 0 while its last (re)load failed (the rules in force are older).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g.set(1);
+                g
+            },
             trusted_list_failures: counter(
                 "stsgate_trusted_list_failures_total",
                 "Trusted proxy lists (or the config) that failed to reload; the last good set was kept.",
@@ -176,6 +192,17 @@ impl Metrics {
             },
             registry,
         };
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("stsgate_build_info", "Always 1; the version that is running."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m.registry
+            .register(Box::new(build_info))
+            .expect("unique metric");
         // Series that exist from the start, so rates and alerts see zero.
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]).reset();
@@ -208,6 +235,7 @@ impl Metrics {
 
     /// Counts one reload.
     pub fn reload(&self, ok: bool) {
+        self.rules_file_ok.set(i64::from(ok));
         self.reloads
             .with_label_values(&[if ok { "success" } else { "failure" }])
             .inc();
@@ -225,6 +253,11 @@ impl Metrics {
     /// Observes one request's duration.
     pub fn request(&self, seconds: f64) {
         self.request_duration.observe(seconds);
+    }
+
+    /// The registry, for components that keep their own metrics (gate state).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The text exposition format.

@@ -24,24 +24,62 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::decision_log::DecisionLog;
 use crate::gate::{Conn, Gate};
-use crate::geoip::GeoIp;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::Metrics;
 use crate::reload::Rules;
 use crate::upstream::Upstream;
+use stsgate_state::embedded::Embedded;
+use stsgate_state::redis::RedisStore;
+use stsgate_state::{GateState, Store};
 
 /// A gate ready to serve: config validated, rules compiled, upstream client
 /// and decision log set up.
 pub struct Server {
     gate: Arc<Gate>,
+    redis: Option<Arc<RedisStore>>,
     tls: Option<TlsAcceptor>,
     admin: Arc<Admin>,
     log_thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The file in `state.dir` that holds the admin listener's bound address
+/// while the gate runs.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
+/// Opens the stores named by `[state]` and loads what they hold: the
+/// embedded store must open (a clear error otherwise); Redis may be down
+/// (the gate then decides from memory and catches up).
+pub async fn open_state(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Arc<GateState>, Option<Arc<RedisStore>>)> {
+    let embedded = Embedded::open(&config.state.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut stores: Vec<Arc<dyn Store>> = vec![Arc::new(embedded)];
+    let redis = match &config.state.redis_url {
+        Some(url) => {
+            let redis = Arc::new(
+                RedisStore::new(url, &config.state.instance)
+                    .map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?,
+            );
+            stores.push(redis.clone());
+            Some(redis)
+        }
+        None => None,
+    };
+    let state = Arc::new(GateState::with_stores(
+        stores,
+        config.state.max_ttl,
+        config.state.instance.clone(),
+        metrics.registry(),
+    ));
+    let n = state.load().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(dir = %config.state.dir.display(), redis = redis.as_ref().map(|r| r.url()).unwrap_or("none"), blocks = n, "gate state loaded");
+    Ok((state, redis))
+}
+
 impl Server {
     /// Builds everything that can fail before binding.
-    pub fn new(config: Config) -> Result<Server> {
+    pub async fn new(config: Config) -> Result<Server> {
         let metrics = Metrics::new();
         let rules = Rules::load(&config.rules, metrics.clone()).map_err(|errors| {
             anyhow::anyhow!(
@@ -53,37 +91,29 @@ impl Server {
             )
         })?;
         let rules = Arc::new(rules);
-        let tls = match &config.listen.tls {
-            Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(files)?)),
-            None => None,
-        };
+        let files = crate::preflight::open(&config).map_err(|errors| {
+            anyhow::anyhow!(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+        let tls = files.tls.map(TlsAcceptor::from);
         let upstream = Upstream::new(&config.upstream)?;
-        let geoip = config
-            .geoip
-            .country_db
-            .as_deref()
-            .map(|db| GeoIp::open(db).map(Arc::new))
-            .transpose()?;
-        if rules.current().needs_country() && geoip.is_none() {
-            tracing::warn!(
-                "the rules restrict by country but geoip.country_db is not set: every client has country ZZ"
-            );
+        let geoip = files.geoip;
+        let found = crate::preflight::rules_with_config(&config, &rules.current());
+        for w in &found.warnings {
+            tracing::warn!("{w}");
         }
-        let token = match &config.admin.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read admin.token_file {}", path.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
-        if token.as_ref().is_some_and(String::is_empty) {
-            anyhow::bail!("admin.token_file is empty");
+        if let Some(e) = found.errors.first() {
+            anyhow::bail!("{e}");
         }
+        let token = files.admin_token;
+        let (state, redis) = open_state(&config, &metrics).await?;
         let (log, log_thread) = DecisionLog::start(&config.log, metrics.clone())
             .context("cannot start the decision log")?;
-        let admin = Arc::new(Admin::new(rules.clone(), metrics.clone(), token));
         let gate = Arc::new(Gate::new(
             Arc::new(config),
             rules,
@@ -91,9 +121,12 @@ impl Server {
             upstream,
             log,
             geoip,
+            state,
         ));
+        let admin = Arc::new(Admin::new(gate.clone(), token));
         Ok(Server {
             gate,
+            redis,
             tls,
             admin,
             log_thread: Some(log_thread),
@@ -165,6 +198,26 @@ impl Server {
             &self.gate.metrics,
             wait_for(stop_rx.clone()),
         ));
+        tasks.spawn(crate::upstream::watch_health(
+            &self.gate.config.upstream,
+            &self.gate.metrics,
+            wait_for(stop_rx.clone()),
+        ));
+        tasks.spawn(reload_on_hangup(self.gate.rules.clone(), stop_rx.clone()));
+        // Gate state's writers and purge run until the listeners are closed
+        // and the connections drained, so nothing decided is left unwritten.
+        let (state_stop, state_stop_rx) = watch::channel(false);
+        let state_task = tokio::spawn(self.gate.state.clone().run(state_stop_rx.clone()));
+        let redis_task = self
+            .redis
+            .clone()
+            .map(|r| tokio::spawn(r.follow(self.gate.state.clone(), state_stop_rx)));
+        // Where the admin API really is (admin.addr may say port 0): for the
+        // CLI (`block`, `lockout`, `explain`) run with --config.
+        let addr_file = self.gate.config.state.dir.join(ADMIN_ADDR_FILE);
+        if let Err(e) = std::fs::write(&addr_file, format!("{admin_addr}\n")) {
+            tracing::warn!(file = %addr_file.display(), error = %e, "cannot write the admin address file");
+        }
         self.admin.ready.store(true, Ordering::SeqCst);
         tracing::info!(listen = %bound.join(","), admin = %admin_addr, upstream = %self.gate.config.upstream.url, tls = self.tls.is_some(), "stsgate ready");
 
@@ -175,7 +228,10 @@ impl Server {
         while tasks.join_next().await.is_some() {}
         // The accept loops are gone: closing the queues lets each worker end
         // once its connections have.
-        drop(workers);
+        let threads = match Arc::try_unwrap(workers) {
+            Ok(workers) => workers.close(),
+            Err(_) => Vec::new(),
+        };
         let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
         let drained = tokio::time::timeout(self.gate.drain_timeout(), graceful.shutdown())
             .await
@@ -183,17 +239,18 @@ impl Server {
         if !drained {
             tracing::warn!("drain timeout reached: closing remaining connections");
         }
-        // Let the decision log write what is queued.
-        // The decision log writes what is queued, then ends; connections
-        // cut at the drain timeout may still be running, so wait boundedly.
+        let _ = std::fs::remove_file(&addr_file);
+        // Each worker ends once its connections have (or were cut).
+        join_threads(threads, Duration::from_secs(2)).await;
+        let _ = state_stop.send(true);
+        let _ = state_task.await;
+        if let Some(t) = redis_task {
+            let _ = t.await;
+        }
+        // The decision log writes what is queued, then ends.
         self.gate.close_log();
         if let Some(t) = self.log_thread.take() {
-            for _ in 0..200 {
-                if t.is_finished() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            join_threads(vec![t], Duration::from_secs(2)).await;
         }
         Ok(())
     }
@@ -207,6 +264,37 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// SIGHUP reloads the rule file, until `stop`.
+async fn reload_on_hangup(rules: Arc<Rules>, stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload with the API or by editing the file");
+        return;
+    };
+    let stopped = wait_for(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some(()) = hup.recv() => {
+                let _ = rules.reload("SIGHUP").await;
+            }
+        }
+    }
+}
+
+/// Joins threads off the async runtime, waiting at most `bound` for all.
+async fn join_threads(threads: Vec<std::thread::JoinHandle<()>>, bound: Duration) {
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout(bound, joined).await.is_err() {
+        tracing::warn!("a thread did not end within {bound:?} at shutdown");
+    }
 }
 
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
@@ -254,6 +342,7 @@ struct Shared {
 /// round robin.
 struct Workers {
     queues: Vec<mpsc::Sender<Accepted>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     next: AtomicUsize,
 }
 
@@ -261,6 +350,7 @@ impl Workers {
     fn start(gate: &Gate, shared: Arc<Shared>) -> Result<Workers> {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut queues = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = mpsc::channel(1024);
             let gate = Arc::new(gate.with_own_upstream()?);
@@ -268,15 +358,25 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            std::thread::Builder::new()
-                .name(format!("stsgate-worker-{i}"))
-                .spawn(move || runtime.block_on(worker(rx, gate, shared)))?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("stsgate-worker-{i}"))
+                    .spawn(move || runtime.block_on(worker(rx, gate, shared)))?,
+            );
             queues.push(tx);
         }
         Ok(Workers {
             queues,
+            threads,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// Closes the queues (each worker ends once its connections have) and
+    /// hands back the threads to join.
+    fn close(self) -> Vec<std::thread::JoinHandle<()>> {
+        drop(self.queues);
+        self.threads
     }
 
     async fn dispatch(&self, accepted: Accepted) {

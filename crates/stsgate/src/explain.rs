@@ -6,12 +6,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
-use stsgate_proxy::client_ip;
-use stsgate_proxy::gate::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
-use stsgate_proxy::paths::{PathClass, PathFilter};
-use stsgate_rules::{Action, Outcome, Stage, Step};
+use stsgate_proxy::explain::{Question, Report};
+use stsgate_state::BlockTable;
+
+use crate::admin_client::AdminClient;
 
 /// `stsgate explain` arguments.
 #[derive(clap::Args)]
@@ -38,39 +36,49 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Serialize)]
-struct Report<'r> {
-    path: String,
-    path_class: &'static str,
-    peer_ip: IpAddr,
-    peer_trusted: bool,
-    client_ip: IpAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_ip_note: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    application: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_agent: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    country: Option<String>,
-    steps: Vec<Step<'r>>,
-    stage: Stage,
-    action: Action,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    list: Option<&'r str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entry: Option<&'r stsgate_rules::Entry>,
-    step_up: bool,
-    response: String,
+    /// Ask the running gate at this admin URL (its live rules and state);
+    /// without it, the state stored in state.dir is read (or, while the gate
+    /// holds it, the gate at admin.addr is asked).
+    #[arg(long)]
+    admin: Option<String>,
+    /// The admin token file (default: admin.token_file of --config).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 pub fn explain(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print_text(&report);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<Report> {
+    let question = Question {
+        ip: args.ip,
+        peer: args.peer,
+        headers: args.headers.clone(),
+        path: Some(args.path.clone()),
+        user: args.user.clone(),
+    };
+    if args.admin.is_some() {
+        return live(args, &question);
+    }
     let Some(config) = crate::load_config(&args.config) else {
-        return ExitCode::FAILURE;
+        anyhow::bail!("the config has errors");
     };
     let rules = match stsgate_proxy::reload::Rules::load(
         &config.rules,
@@ -79,120 +87,84 @@ pub fn explain(args: &Args) -> ExitCode {
         Ok(rules) => rules.current(),
         Err(errors) => {
             crate::print_errors(&errors);
-            return ExitCode::FAILURE;
+            anyhow::bail!("the rule file has errors");
         }
     };
-    let mut headers = HeaderMap::new();
-    for h in &args.headers {
-        let parsed = h.split_once(':').and_then(|(name, value)| {
-            Some((
-                HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
-                HeaderValue::from_str(value.trim()).ok()?,
-            ))
-        });
-        match parsed {
-            Some((name, value)) => {
-                headers.append(name, value);
-            }
-            None => {
-                eprintln!("stsgate: --header {h:?} is not 'Name: value'");
-                return ExitCode::FAILURE;
-            }
+    // The gate state: read from state.dir; when the running gate holds it,
+    // asked of the gate itself through its admin API.
+    let (blocks, state) = match stored_blocks(&config) {
+        Ok(found) => found,
+        Err(e) if e.0.contains("in use") => {
+            return live(args, &question).map_err(|live_err| {
+                anyhow::anyhow!(
+                    "{e}, and its admin API did not answer ({live_err:#}); pass --admin URL"
+                )
+            });
         }
-    }
-    let peer = args.peer.unwrap_or(args.ip);
-    if args.peer.is_some()
-        && !config
-            .client_ip
-            .headers
-            .iter()
-            .any(|h| headers.contains_key(h))
-    {
-        if let Some(first) = config.client_ip.headers.first() {
-            headers.insert(
-                first.clone(),
-                HeaderValue::from_str(&args.ip.to_string()).expect("an IP is a valid header value"),
-            );
-        }
-    }
-    let addrs = client_ip::derive(peer, &headers, &config.client_ip);
-    let client_ip_note = if let Some((h, problem)) = &addrs.bad_header {
-        Some(format!("{h} ignored: {problem}"))
-    } else if !addrs.peer_trusted && args.peer.is_some() {
-        Some("the peer is not a trusted proxy: forwarded headers ignored".to_string())
-    } else if addrs.peer_trusted && addrs.client != addrs.peer {
-        Some("from the forwarded header of a trusted proxy".to_string())
-    } else {
-        None
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
     };
-    let class = PathFilter::new(&config.filter).classify(&args.path);
-    let application = header_text(&headers, &X_MS_CLIENT_APPLICATION);
-    let user_agent = header_text(&headers, &X_MS_CLIENT_USER_AGENT);
     let geoip = match &config.geoip.country_db {
         Some(db) if rules.needs_country() => stsgate_proxy::geoip::GeoIp::open(db).ok(),
         _ => None,
     };
-    let country = stsgate_proxy::geoip::country_for(&rules, geoip.as_ref(), addrs.client);
-    let facts = addrs.facts(application.as_deref(), user_agent.as_deref(), country);
-    let mut steps = Vec::new();
-    let decision = match class {
-        PathClass::Filtered => rules.decide_traced(&facts, &mut steps),
-        PathClass::Forward => stsgate_rules::Decision::plain(Stage::Path, Action::Forward),
-        PathClass::Refuse => stsgate_rules::Decision::plain(Stage::Path, Action::Refuse),
-    };
-    let response = match decision.action {
-        Action::Refuse => match config.blocked {
-            stsgate_proxy::config::BlockedStyle::SoapFault => {
-                "the blocked response: HTTP 500, a SOAP fault like a failed sign-in".to_string()
-            }
-            stsgate_proxy::config::BlockedStyle::Forbidden => {
-                "the blocked response: HTTP 403".to_string()
-            }
-        },
-        Action::Redirect => format!("HTTP 302 to {}", decision.redirect_url.unwrap_or("/")),
-        _ if decision.step_up => format!(
-            "forwarded to {} with X-Stsgate-Step-Up: required",
-            config.upstream.url
-        ),
-        _ => format!("forwarded to {}", config.upstream.url),
-    };
-    let report = Report {
-        path: args.path.clone(),
-        path_class: match class {
-            PathClass::Filtered => "filtered",
-            PathClass::Forward => "forward",
-            PathClass::Refuse => "refuse",
-        },
-        peer_ip: addrs.peer,
-        peer_trusted: addrs.peer_trusted,
-        client_ip: addrs.client,
-        client_ip_note,
-        user: args.user.clone(),
-        application: application.map(|a| a.into_owned()),
-        user_agent: user_agent.map(|a| a.into_owned()),
-        country: country.map(|c| c.as_str().to_string()),
-        steps,
-        stage: decision.stage,
-        action: decision.action,
-        list: decision.list,
-        entry: decision.entry,
-        step_up: decision.step_up,
-        response,
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-    } else {
-        print_text(&report);
-    }
-    ExitCode::SUCCESS
+    stsgate_proxy::explain::explain(&question, &config, &rules, &blocks, geoip.as_ref(), state)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn print_text(r: &Report<'_>) {
-    let path_note = match r.path_class {
-        "filtered" => "a WS-Trust path: decided by the pipeline",
+/// The blocks kept in `state.dir`, without creating anything there.
+fn stored_blocks(
+    config: &stsgate_proxy::Config,
+) -> Result<(BlockTable, &'static str), stsgate_state::StoreError> {
+    if !config
+        .state
+        .dir
+        .join(stsgate_state::embedded::FILE)
+        .exists()
+    {
+        return Ok((BlockTable::default(), "none"));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| stsgate_state::StoreError(e.to_string()))?;
+    runtime.block_on(async {
+        let store = stsgate_state::embedded::Embedded::open(&config.state.dir)?;
+        let state = stsgate_state::GateState::with_stores(
+            vec![std::sync::Arc::new(store)],
+            config.state.max_ttl,
+            config.state.instance.clone(),
+            &prometheus::Registry::new(),
+        );
+        state.load().await?;
+        let table = BlockTable::build(state.list());
+        Ok((table, "stored"))
+    })
+}
+
+/// Asks the running gate (`POST /api/v1/explain`).
+fn live(args: &Args, question: &Question) -> anyhow::Result<Report> {
+    let client = AdminClient::new(&crate::admin_client::Target {
+        admin: args.admin.clone(),
+        token_file: args.token_file.clone(),
+        config: Some(args.config.clone()),
+    })?;
+    let answer = client.call(
+        http::Method::POST,
+        "/api/v1/explain",
+        Some(&serde_json::to_value(question)?),
+    )?;
+    if answer.status != http::StatusCode::OK {
+        anyhow::bail!(
+            "the gate could not explain: {}",
+            crate::admin_client::error_text(&answer)
+        );
+    }
+    Ok(serde_json::from_value(answer.json)?)
+}
+
+fn print_text(r: &Report) {
+    let path_note = match r.path_class.as_str() {
+        "filtered" => "a sign-in path: decided by the pipeline",
         "refuse" => "refused by filter.refuse_paths or filter.other_paths",
         _ => "not filtered: forwarded as is",
     };
@@ -225,44 +197,53 @@ fn print_text(r: &Report<'_>) {
         println!("          country {c}");
     }
     if r.path_class == "filtered" {
-        println!("state     dynamic blocks, lockout: live state only (not consulted offline)");
+        let source = match r.state.as_str() {
+            "live" => "the running gate's live state",
+            "stored" => "the state stored in state.dir",
+            _ => "no stored state",
+        };
+        println!("state     from {source}");
         for s in &r.steps {
-            let group = match s.stage {
-                Stage::IpCountry | Stage::Threat => "adaptive",
+            let group = match s.stage.as_str() {
+                "dynamic_block" | "lockout" | "spray" => "state",
+                "ip_country" | "threat" | "anonymous_ip" | "user_group" | "geo_velocity" => {
+                    "adaptive"
+                }
                 _ => "request",
             };
-            let outcome = match s.outcome {
-                Outcome::NotConfigured => "not configured",
-                Outcome::Disabled => "disabled",
-                Outcome::Skipped => "skipped",
-                Outcome::Passed => "passed",
-                Outcome::Fired => "FIRED",
+            let outcome = match s.outcome.as_str() {
+                "not_configured" => "not configured",
+                "fired" => "FIRED",
+                other => other,
             };
-            let mut line = format!("{group:<9} {:<12} {outcome:<14}", s.stage.as_str());
-            if let Some(list) = s.list {
+            let mut line = format!("{group:<9} {:<13} {outcome:<14}", s.stage);
+            if let Some(list) = &s.list {
                 line.push_str(&format!(" list {list}"));
             }
-            if let Some(e) = s.entry {
-                line.push_str(&format!(" entry {:?} ({}:{})", e.text, e.file, e.line));
+            if let Some(e) = &s.entry {
+                line.push_str(&format!(" entry {}", entry_text(e)));
             }
-            if let Some(a) = s.action {
-                line.push_str(&format!(" -> {}", a.as_str()));
+            if let Some(a) = &s.action {
+                line.push_str(&format!(" -> {a}"));
             }
             line.push_str(&format!("  [{}]", s.note));
             println!("{}", line.trim_end());
         }
     }
-    let mut last = format!(
-        "decision  stage {}  action {}",
-        r.stage.as_str(),
-        r.action.as_str()
-    );
-    if let Some(list) = r.list {
+    let mut last = format!("decision  stage {}  action {}", r.stage, r.action);
+    if let Some(list) = &r.list {
         last.push_str(&format!("  list {list}"));
     }
-    if let Some(e) = r.entry {
-        last.push_str(&format!("  entry {:?} ({}:{})", e.text, e.file, e.line));
+    if let Some(e) = &r.entry {
+        last.push_str(&format!("  entry {}", entry_text(e)));
     }
     println!("{last}");
     println!("response  {}", r.response);
+}
+
+fn entry_text(e: &stsgate_proxy::explain::EntryReport) -> String {
+    match (&e.file, e.line) {
+        (Some(file), Some(line)) => format!("{:?} ({file}:{line})", e.text),
+        _ => format!("{:?}", e.text),
+    }
 }

@@ -4,6 +4,9 @@
 //! arguments, set up logging, hand over to `stsgate-proxy` and
 //! `stsgate-rules`.
 
+mod admin_client;
+mod block;
+mod check;
 mod demo;
 mod demo_sts;
 mod explain;
@@ -14,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use stsgate_proxy::{Config, Server};
-use stsgate_rules::{RuleSet, SourceError};
+use stsgate_rules::SourceError;
 
 /// A WS-Trust gate in front of ADFS.
 #[derive(Parser)]
@@ -33,24 +36,24 @@ enum Command {
         config: PathBuf,
     },
     /// Load and compile the config and its rule file; print a summary or every error.
-    Check {
-        /// The main config file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Check(check::Args),
     /// Decide one request offline and print the trace.
     Explain(explain::Args),
     /// Start a demo STS on loopback with the gate in front of it.
     Demo(demo::Args),
+    /// Dynamic blocks on the running gate: add, list, remove.
+    #[command(subcommand)]
+    Block(block::BlockCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => return check(&config),
+        Command::Check(args) => return check::check(&args),
         Command::Explain(args) => return explain::explain(&args),
         Command::Demo(args) => demo::demo(args),
+        Command::Block(command) => return block::block(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,18 +118,11 @@ pub(crate) type OnReady = Box<dyn FnOnce(&Config) + Send>;
 pub(crate) async fn serve(config: Config, ready: Option<OnReady>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let shown = config.clone();
-    let server = Server::new(config)?;
+    let server = Server::new(config).await?;
     let (listeners, admin) = server.bind().await?;
     if let Some(ready) = ready {
         ready(&shown);
     }
-    let rules = server.rules();
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = rules.reload("SIGHUP").await;
-        }
-    });
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -135,88 +131,4 @@ pub(crate) async fn serve(config: Config, ready: Option<OnReady>) -> Result<()> 
         }
     };
     server.serve(listeners, admin, shutdown).await
-}
-
-fn check(path: &Path) -> ExitCode {
-    let Some(config) = load_config(path) else {
-        return ExitCode::FAILURE;
-    };
-    let mut ok = true;
-    let rules = match stsgate_proxy::reload::Rules::load(
-        &config.rules,
-        stsgate_proxy::metrics::Metrics::new(),
-    ) {
-        Ok(rules) => Some(rules.current()),
-        Err(errors) => {
-            print_errors(&errors);
-            ok = false;
-            None
-        }
-    };
-    // The files the config names must be usable too.
-    let mut problem = |what: String| {
-        eprintln!("{}:1:1: {what}", config.path.display());
-        ok = false;
-    };
-    if let Some(tls) = &config.listen.tls {
-        if let Err(e) = stsgate_proxy::tls::server_config(tls) {
-            problem(format!("listen TLS: {e:#}"));
-        }
-    }
-    if let Some(ca) = &config.upstream.ca_file {
-        if let Err(e) = stsgate_proxy::tls::load_certs(ca) {
-            problem(format!("upstream.ca_file: {e:#}"));
-        }
-    }
-    if let Some(db) = &config.geoip.country_db {
-        if let Err(e) = stsgate_proxy::geoip::GeoIp::open(db) {
-            problem(format!("geoip.country_db: {e:#}"));
-        }
-    }
-    if let Some(token) = &config.admin.token_file {
-        if std::fs::read_to_string(token)
-            .map(|t| t.trim().is_empty())
-            .unwrap_or(true)
-        {
-            problem(format!(
-                "admin.token_file {} is missing or empty",
-                token.display()
-            ));
-        }
-    }
-    if !ok {
-        return ExitCode::FAILURE;
-    }
-    let rules = rules.unwrap_or_else(|| std::sync::Arc::new(RuleSet::empty()));
-    println!(
-        "config {}: listen {}{}, upstream {}, admin {}",
-        config.path.display(),
-        config
-            .listen
-            .addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" "),
-        if config.listen.tls.is_some() {
-            " (TLS)"
-        } else {
-            ""
-        },
-        config.upstream.url,
-        config.admin.addr
-    );
-    println!("rules {}:", config.rules.display());
-    for line in rules.summary() {
-        println!("  {line}");
-    }
-    for w in &rules.warnings {
-        println!("warning: {w}");
-    }
-    if rules.needs_country() && config.geoip.country_db.is_none() {
-        println!(
-            "warning: the rules restrict by country but geoip.country_db is not set: every client would have country ZZ"
-        );
-    }
-    ExitCode::SUCCESS
 }

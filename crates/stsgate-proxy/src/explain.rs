@@ -1,0 +1,269 @@
+//! `explain`: one request described by an operator, decided by the
+//! corridor exactly as the gate would, with the trace of every stage. Used
+//! by `stsgate explain` offline (the config, the rules and the stored
+//! blocks) and by `POST /api/v1/explain` on the running gate (its live
+//! rules and state).
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use stsgate_rules::{Action, Outcome, RuleSet, Step};
+use stsgate_state::BlockTable;
+
+use crate::config::{BlockedStyle, Config};
+use crate::corridor::{self, RequestFacts};
+use crate::geoip::GeoIp;
+use crate::paths::{PathClass, PathFilter};
+
+/// The path `explain` assumes when none is given.
+pub const DEFAULT_PATH: &str = "/adfs/services/trust/2005/usernamemixed";
+
+/// A request as an operator describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Question {
+    /// The client IP. Without `peer` it is also the TCP peer.
+    pub ip: IpAddr,
+    /// The TCP peer (e.g. a trusted proxy); the client IP then travels in the
+    /// first configured client-IP header unless `headers` gives one.
+    #[serde(default)]
+    pub peer: Option<IpAddr>,
+    /// Request headers, `Name: value`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// The request path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The user name in the request's credentials.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A matched entry, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryReport {
+    /// The entry as written (a block: its id and reason).
+    pub text: String,
+    /// The rule file it is in (absent for a dynamic block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Its line (absent for a dynamic block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+impl EntryReport {
+    fn from(e: &stsgate_rules::Entry) -> EntryReport {
+        EntryReport {
+            text: e.text.to_string(),
+            file: (e.line > 0).then(|| e.file.to_string()),
+            line: (e.line > 0).then_some(e.line),
+        }
+    }
+}
+
+/// One stage's line of the trace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    /// The check (`dynamic_block`, `ip_country`, `threat`, `ip`, ...).
+    pub stage: String,
+    /// `not_configured`, `disabled`, `skipped`, `passed`, `fired`.
+    pub outcome: String,
+    /// The list compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// The entry that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryReport>,
+    /// The action asked for, when it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Why.
+    pub note: String,
+}
+
+/// What `explain` prints (as text, or as this JSON object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The path asked about.
+    pub path: String,
+    /// `filtered`, `forward` or `refuse`.
+    pub path_class: String,
+    /// The TCP peer.
+    pub peer_ip: IpAddr,
+    /// Is the peer a trusted proxy?
+    pub peer_trusted: bool,
+    /// The client IP the stages see.
+    pub client_ip: IpAddr,
+    /// How the client IP was found, when it is worth saying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_note: Option<String>,
+    /// The user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `X-MS-Client-Application`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// The user agent the rules read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The client's country, when a rule needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// Where the gate state came from: `live` (the running gate), `stored`
+    /// (read from state.dir), or `none`.
+    pub state: String,
+    /// Every check, in corridor order.
+    pub steps: Vec<StepReport>,
+    /// The stage that decided.
+    pub stage: String,
+    /// The final action.
+    pub action: String,
+    /// The list that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// The entry that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryReport>,
+    /// Forwarded with `X-Stsgate-Step-Up: required`.
+    pub step_up: bool,
+    /// What the client gets.
+    pub response: String,
+}
+
+/// Decides `q` against `config`, `rules` and `blocks`, and reports each
+/// stage. `state` says where `blocks` came from.
+pub fn explain(
+    q: &Question,
+    config: &Config,
+    rules: &RuleSet,
+    blocks: &BlockTable,
+    geoip: Option<&GeoIp>,
+    state: &str,
+) -> Result<Report, String> {
+    let mut headers = HeaderMap::new();
+    for h in &q.headers {
+        let parsed = h.split_once(':').and_then(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.trim().as_bytes()).ok()?,
+                HeaderValue::from_str(value.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((name, value)) => {
+                headers.append(name, value);
+            }
+            None => return Err(format!("header {h:?} is not 'Name: value'")),
+        }
+    }
+    let peer = q.peer.unwrap_or(q.ip);
+    if q.peer.is_some()
+        && !config
+            .client_ip
+            .headers
+            .iter()
+            .any(|h| headers.contains_key(h))
+    {
+        if let Some(first) = config.client_ip.headers.first() {
+            headers.insert(
+                first.clone(),
+                HeaderValue::from_str(&q.ip.to_string()).expect("an IP is a valid header value"),
+            );
+        }
+    }
+    let path = q.path.as_deref().unwrap_or(DEFAULT_PATH);
+    let user = q
+        .user
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
+    let request = RequestFacts::build(
+        peer,
+        &headers,
+        path,
+        user,
+        &config.client_ip,
+        rules,
+        geoip,
+    );
+    let addrs = &request.addrs;
+    let client_ip_note = if let Some((h, problem)) = &addrs.bad_header {
+        Some(format!("{h} ignored: {problem}"))
+    } else if !addrs.peer_trusted && q.peer.is_some() {
+        Some("the peer is not a trusted proxy: forwarded headers ignored".to_string())
+    } else if addrs.peer_trusted && addrs.client != addrs.peer {
+        Some("from the forwarded header of a trusted proxy".to_string())
+    } else {
+        None
+    };
+    let class = PathFilter::new(&config.filter).classify(path);
+    let mut steps: Vec<Step<'_>> = Vec::new();
+    let decision = match class {
+        PathClass::Filtered => corridor::decide(&request.facts(), blocks, rules, &mut steps),
+        PathClass::Refuse => {
+            stsgate_rules::Decision::plain(stsgate_rules::Stage::Path, Action::Refuse)
+        }
+        _ => stsgate_rules::Decision::plain(stsgate_rules::Stage::Path, Action::Forward),
+    };
+    let response = match decision.action {
+        Action::Refuse => match config.blocked {
+            BlockedStyle::SoapFault => {
+                "the blocked response: HTTP 500, a SOAP fault like a failed sign-in".to_string()
+            }
+            BlockedStyle::Forbidden => "the blocked response: HTTP 403".to_string(),
+        },
+        Action::Redirect => format!("HTTP 302 to {}", decision.redirect_url.unwrap_or("/")),
+        _ if decision.step_up => format!(
+            "forwarded to {} with X-Stsgate-Step-Up: required",
+            config.upstream.url
+        ),
+        _ => format!("forwarded to {}", config.upstream.url),
+    };
+    Ok(Report {
+        path: path.to_string(),
+        path_class: match class {
+            PathClass::Filtered => "filtered",
+            PathClass::Refuse => "refuse",
+            _ => "forward",
+        }
+        .to_string(),
+        peer_ip: addrs.peer,
+        peer_trusted: addrs.peer_trusted,
+        client_ip: addrs.client,
+        client_ip_note,
+        user: request.user.clone(),
+        application: request.application.as_deref().map(str::to_string),
+        user_agent: request.user_agent.as_deref().map(str::to_string),
+        country: request.country.map(|c| c.as_str().to_string()),
+        state: state.to_string(),
+        steps: steps
+            .iter()
+            .map(|s| StepReport {
+                stage: s.stage.as_str().to_string(),
+                outcome: outcome_name(s.outcome).to_string(),
+                list: s.list.map(str::to_string),
+                entry: s.entry.map(EntryReport::from),
+                action: s.action.map(|a| a.as_str().to_string()),
+                note: s.note.to_string(),
+            })
+            .collect(),
+        stage: decision.stage.as_str().to_string(),
+        action: decision.action.as_str().to_string(),
+        list: decision.list.map(str::to_string),
+        entry: decision.entry.map(EntryReport::from),
+        step_up: decision.step_up,
+        response,
+    })
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::NotConfigured => "not_configured",
+        Outcome::Disabled => "disabled",
+        Outcome::Skipped => "skipped",
+        Outcome::Passed => "passed",
+        Outcome::Fired => "fired",
+    }
+}
