@@ -18,6 +18,9 @@ pub mod stage;
 pub mod store;
 
 pub use block::{Block, BlockAction, BlockTable, FieldError, NewBlock, Target, now_ms};
-pub use service::{Added, GateState, StateEvent, StateMetrics, StoreHealth};
+pub use service::{
+    Added, CompromiseAlert, EventSink, GateState, LockoutAlert, SprayAlert, StateEvent, StateMetrics,
+    StoreHealth,
+};
 pub use stage::Flow;
 pub use store::{Change, Namespace, Record, Store, StoreError, StoreKind};

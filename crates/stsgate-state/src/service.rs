@@ -38,6 +38,98 @@ pub enum StateEvent {
     BlockRemoved(Arc<Block>),
     /// A block reached its end.
     BlockExpired(Arc<Block>),
+    /// Smart lockout locked a user for unfamiliar locations.
+    Lockout(Arc<LockoutAlert>),
+    /// A correct password from an unfamiliar location while the user was locked.
+    CompromiseSuspected(Arc<CompromiseAlert>),
+    /// A password spray: one client IP failing for many users, or one wrong
+    /// password failing for many users.
+    Spray(Arc<SprayAlert>),
+}
+
+impl StateEvent {
+    /// The alert's `event` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StateEvent::BlockAdded(_) => "block_added",
+            StateEvent::BlockRemoved(_) => "block_removed",
+            StateEvent::BlockExpired(_) => "block_expired",
+            StateEvent::Lockout(_) => "lockout",
+            StateEvent::CompromiseSuspected(_) => "compromise_suspected",
+            StateEvent::Spray(_) => "spray",
+        }
+    }
+
+    /// Every event name, for metrics.
+    pub const NAMES: [&'static str; 6] = [
+        "lockout",
+        "compromise_suspected",
+        "spray",
+        "block_added",
+        "block_removed",
+        "block_expired",
+    ];
+}
+
+/// What a `lockout` alert says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockoutAlert {
+    /// The user (lower case).
+    pub user: String,
+    /// The client IP of the failure that locked.
+    pub client_ip: std::net::IpAddr,
+    /// Failures from unfamiliar locations in the window.
+    pub unfamiliar_failures: u32,
+    /// Failures from familiar locations in the window.
+    pub familiar_failures: u32,
+    /// `lockout.threshold`.
+    pub threshold: u32,
+    /// Until when unfamiliar locations are refused (ms since the epoch).
+    pub locked_until_ms: u64,
+    /// `enforce` or `log_only`.
+    pub mode: &'static str,
+}
+
+/// What a `compromise_suspected` alert says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompromiseAlert {
+    /// The user (lower case).
+    pub user: String,
+    /// The unfamiliar client IP that had the right password.
+    pub client_ip: std::net::IpAddr,
+    /// Until when the user is locked.
+    pub locked_until_ms: u64,
+}
+
+/// What a `spray` alert says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SprayAlert {
+    /// `ip` (one client IP failing for many users) or `password` (one wrong
+    /// password failing for many users).
+    pub kind: &'static str,
+    /// The spraying IP, for `ip`.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The users seen failing (bounded).
+    pub users: Vec<String>,
+    /// The client IPs seen (bounded).
+    pub client_ips: Vec<std::net::IpAddr>,
+    /// Until when requests are refused (ms since the epoch).
+    pub until_ms: u64,
+    /// The block it created, for `ip`.
+    pub block: Option<Arc<Block>>,
+}
+
+/// Where state events go (the alert sender). It must not block: a full
+/// queue drops the event and counts it.
+pub trait EventSink: Send + Sync {
+    /// Takes one event.
+    fn send(&self, event: StateEvent);
+}
+
+impl EventSink for mpsc::Sender<StateEvent> {
+    fn send(&self, event: StateEvent) {
+        let _ = self.try_send(event);
+    }
 }
 
 /// The state metrics of PRODUCT.md §4.6.
@@ -137,7 +229,7 @@ pub struct GateState {
     links: Vec<Arc<StoreLink>>,
     /// Receivers of the writer queues, taken by [`GateState::run`].
     receivers: Mutex<Vec<(Arc<StoreLink>, mpsc::Receiver<Change>)>>,
-    events: Mutex<Option<mpsc::Sender<StateEvent>>>,
+    events: Mutex<Option<Arc<dyn EventSink>>>,
 }
 
 /// What [`GateState::add`] did.
@@ -225,8 +317,13 @@ impl GateState {
     /// A stream of state events (alerts); the newest subscriber gets them.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<StateEvent> {
         let (tx, rx) = mpsc::channel(capacity);
-        *lock(&self.events) = Some(tx);
+        self.set_sink(Arc::new(tx));
         rx
+    }
+
+    /// Sends state events (alerts) to `sink` from now on.
+    pub fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        *lock(&self.events) = Some(sink);
     }
 
     /// The blocks the request path sees now.
@@ -465,10 +562,25 @@ impl GateState {
             StateEvent::BlockExpired(b) => {
                 tracing::info!(id = %b.id, kind = b.target.kind(), "block expired")
             }
+            StateEvent::Lockout(l) => {
+                tracing::warn!(user = %l.user, client_ip = %l.client_ip, unfamiliar_failures = l.unfamiliar_failures, mode = l.mode, "user locked for unfamiliar locations")
+            }
+            StateEvent::CompromiseSuspected(c) => {
+                tracing::warn!(user = %c.user, client_ip = %c.client_ip, "correct password from an unfamiliar location while locked: possible compromise")
+            }
+            StateEvent::Spray(sp) => {
+                tracing::warn!(kind = sp.kind, users = sp.users.len(), client_ips = sp.client_ips.len(), "password spray detected")
+            }
         }
-        if let Some(tx) = lock(&self.events).as_ref() {
-            let _ = tx.try_send(event);
+        let sink = lock(&self.events).clone();
+        if let Some(sink) = sink {
+            sink.send(event);
         }
+    }
+
+    /// Raises a state event (logged, and sent to the alert sink).
+    pub fn raise(&self, event: StateEvent) {
+        self.emit(event);
     }
 
     fn store_failed(&self, link: &StoreLink, e: &StoreError) {
