@@ -1,9 +1,13 @@
-//! The upstream STS: a pooled keep-alive client (HTTP/1.1 over TCP or
-//! rustls), the request rewritten for forwarding (hop-by-hop headers gone,
+//! The upstream STS: one server or several (round robin over the healthy
+//! ones, passive ejection, an optional active health check: [`Farm`]), a
+//! pooled keep-alive client per worker (HTTP/1.1 over TCP or rustls), the
+//! request rewritten for forwarding (hop-by-hop headers gone,
 //! `X-Forwarded-*` added, spoofable headers replaced), and failures mapped
 //! to 502 / 504.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -45,58 +49,210 @@ pub enum Failure {
     Timeout,
 }
 
-/// The upstream and its connection pool.
+/// The upstream servers and their health, shared by every worker's client
+/// (a clone is a handle on the same state).
+///
+/// Round robin over the healthy servers. A server is left out for
+/// `upstream.eject_for` after a connect failure or a 5xx answer that is not
+/// a SOAP fault (a SOAP fault is a failed sign-in, not a sick server), and
+/// while the active health check fails. When every server is out, requests
+/// are still sent (round robin over all): a guess beats a certain 502.
+#[derive(Clone)]
+pub struct Farm(Arc<FarmState>);
+
+struct FarmState {
+    servers: Vec<Server>,
+    next: AtomicUsize,
+    eject_for: Duration,
+    started: std::time::Instant,
+    gauge: OnceLock<prometheus::IntGaugeVec>,
+}
+
+struct Server {
+    /// Scheme and authority.
+    scheme: Scheme,
+    authority: Authority,
+    /// The configured URL, as the metric's label and in logs.
+    label: String,
+    /// Left out until this many ms after `started` (0: not ejected).
+    ejected_until: AtomicU64,
+    /// The active health check's last verdict.
+    probe_failing: AtomicBool,
+}
+
+impl std::fmt::Debug for Farm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.servers.iter().map(|s| &s.label))
+            .finish()
+    }
+}
+
+impl Farm {
+    /// The servers of `urls` (validated: a scheme and a host each), all healthy.
+    pub fn new(urls: &[Uri], eject_for: Duration) -> Farm {
+        let servers = urls
+            .iter()
+            .map(|u| Server {
+                scheme: u.scheme().cloned().unwrap_or(Scheme::HTTP),
+                authority: u
+                    .authority()
+                    .cloned()
+                    .unwrap_or_else(|| Authority::from_static("invalid")),
+                label: u.to_string().trim_end_matches('/').to_string(),
+                ejected_until: AtomicU64::new(0),
+                probe_failing: AtomicBool::new(false),
+            })
+            .collect();
+        Farm(Arc::new(FarmState {
+            servers,
+            next: AtomicUsize::new(0),
+            eject_for,
+            started: std::time::Instant::now(),
+            gauge: OnceLock::new(),
+        }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn healthy(&self, i: usize, now: u64) -> bool {
+        let s = &self.0.servers[i];
+        !s.probe_failing.load(Ordering::Relaxed) && s.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// The next server, round robin over the healthy ones.
+    pub fn pick(&self) -> usize {
+        let n = self.0.servers.len();
+        let start = self.0.next.fetch_add(1, Ordering::Relaxed);
+        if n == 1 {
+            return 0;
+        }
+        let now = self.now_ms();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.healthy(i, now))
+            .unwrap_or(start % n)
+    }
+
+    /// Leaves server `i` out for `eject_for` (logged when it was in).
+    pub fn eject(&self, i: usize, why: &str) {
+        let s = &self.0.servers[i];
+        let now = self.now_ms();
+        let until = now + self.0.eject_for.as_millis() as u64;
+        let before = s.ejected_until.swap(until, Ordering::Relaxed);
+        if before <= now {
+            tracing::warn!(server = %s.label, reason = why, eject_for = ?self.0.eject_for, "upstream server ejected");
+        }
+        self.update_gauge(i);
+    }
+
+    /// The active health check's verdict on server `i`.
+    pub fn probed(&self, i: usize, ok: bool, detail: &str) {
+        let s = &self.0.servers[i];
+        let was_failing = s.probe_failing.swap(!ok, Ordering::Relaxed);
+        if ok {
+            // A passing probe ends an ejection too.
+            s.ejected_until.store(0, Ordering::Relaxed);
+        }
+        match (was_failing, ok) {
+            (false, false) => {
+                tracing::warn!(server = %s.label, detail, "upstream server failed its health check")
+            }
+            (true, true) => tracing::info!(server = %s.label, "upstream server healthy again"),
+            _ => {}
+        }
+        self.update_gauge(i);
+    }
+
+    /// Is server `i` in rotation now?
+    pub fn is_healthy(&self, i: usize) -> bool {
+        self.healthy(i, self.now_ms())
+    }
+
+    /// How many servers.
+    pub fn len(&self) -> usize {
+        self.0.servers.len()
+    }
+
+    /// True when there are none (never, once validated).
+    pub fn is_empty(&self) -> bool {
+        self.0.servers.is_empty()
+    }
+
+    fn update_gauge(&self, i: usize) {
+        if let Some(g) = self.0.gauge.get() {
+            g.with_label_values(&[self.0.servers[i].label.as_str()])
+                .set(i64::from(self.is_healthy(i)));
+        }
+    }
+
+    /// Reports `stsgate_upstream_healthy{server}` into `gauge` from now on.
+    fn attach(&self, gauge: prometheus::IntGaugeVec) {
+        let _ = self.0.gauge.set(gauge);
+        for i in 0..self.len() {
+            self.update_gauge(i);
+        }
+    }
+}
+
+/// An upstream client and its connection pool (one per worker thread), on
+/// the shared [`Farm`].
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Body>,
-    scheme: Scheme,
-    authority: Authority,
+    farm: Farm,
     timeout: Duration,
 }
 
+fn client(cfg: &config::Upstream) -> Result<Client<HttpsConnector<HttpConnector>, Body>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match &cfg.server_name {
+        Some(name) => {
+            let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+                anyhow::anyhow!("upstream.server_name {name:?} is not a DNS name or IP address")
+            })?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let connector = builder.enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector))
+}
+
 impl Upstream {
-    /// Builds the client for `[upstream]`.
+    /// Builds a client for `[upstream]`, on its shared farm.
     pub fn new(cfg: &config::Upstream) -> Result<Upstream> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
-        let builder = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        let builder = match &cfg.server_name {
-            Some(name) => {
-                let name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
-                    anyhow::anyhow!("upstream.server_name {name:?} is not a DNS name or IP address")
-                })?;
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => builder,
-        };
-        let connector = builder.enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Upstream {
-            client,
-            scheme: cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: cfg
-                .url
-                .authority()
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("upstream url has no host"))?,
+            client: client(cfg)?,
+            farm: cfg.farm.clone(),
             timeout: cfg.timeout,
         })
     }
 
-    /// The upstream URI for a request target.
+    /// The upstream URI for a request target (the server is chosen when
+    /// the request is sent).
     pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        self.uri_on(0, path_and_query)
+    }
+
+    fn uri_on(&self, i: usize, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let server = &self.farm.0.servers[i];
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
+        parts.scheme = Some(server.scheme.clone());
+        parts.authority = Some(server.authority.clone());
         parts.path_and_query = Some(
             path_and_query
                 .cloned()
@@ -105,12 +261,23 @@ impl Upstream {
         Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
     }
 
-    /// Sends and waits for the answer's headers, within the timeout.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Failure> {
+    /// Sends to the next healthy server and waits for the answer's headers,
+    /// within the timeout.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Failure> {
+        let i = self.farm.pick();
+        *req.uri_mut() = self.uri_on(i, req.uri().path_and_query());
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                if resp.status().is_server_error() && !is_soap(resp.headers()) {
+                    self.farm.eject(i, "a 5xx answer that is not a SOAP fault");
+                }
+                Ok(resp)
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "upstream exchange failed");
+                if e.is_connect() {
+                    self.farm.eject(i, "connect failed");
+                }
                 Err(Failure::Unreachable)
             }
             Err(_) => Err(Failure::Timeout),
@@ -130,6 +297,96 @@ impl Upstream {
             Err(_) => Err(Failure::Timeout),
         }
     }
+}
+
+/// A SOAP answer (`application/soap+xml`, or SOAP 1.1's `text/xml`): a
+/// 500 of this kind is the STS failing a sign-in.
+fn is_soap(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_start().to_ascii_lowercase())
+        .is_some_and(|v| v.starts_with("application/soap+xml") || v.starts_with("text/xml"))
+}
+
+/// Runs the active health check of `cfg` (when `health_check` is set) and
+/// reports `stsgate_upstream_healthy{server}`, until `shutdown` resolves.
+/// Each server is asked `GET <health_check>` every `health_interval`,
+/// within `connect_timeout`; 200 is healthy.
+pub fn watch_health(
+    cfg: &config::Upstream,
+    metrics: &crate::metrics::Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let farm = cfg.farm.clone();
+    farm.attach(metrics.upstream_healthy.clone());
+    let probe = cfg.health_check.clone();
+    let every = cfg.health_interval.max(Duration::from_millis(100));
+    let within = cfg.connect_timeout;
+    let prober = Upstream::new(cfg).ok();
+    async move {
+        let (Some(path), Some(prober)) = (probe, prober) else {
+            return;
+        };
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            let probes = (0..farm.len()).map(|i| {
+                let prober = prober.clone();
+                let path = path.clone();
+                async move {
+                    let req = Request::get(prober.uri_on(i, Some(&path)))
+                        .header(header::USER_AGENT, "stsgate-health-check")
+                        .body(crate::proxy_body::full(Bytes::new()));
+                    let Ok(req) = req else {
+                        return (i, false, "bad request".to_string());
+                    };
+                    match tokio::time::timeout(within, prober.client.request(req)).await {
+                        Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => {
+                            (i, true, String::new())
+                        }
+                        Ok(Ok(resp)) => (i, false, format!("answered {}", resp.status().as_u16())),
+                        Ok(Err(e)) => (i, false, format!("{e}")),
+                        Err(_) => (i, false, format!("no answer within {within:?}")),
+                    }
+                }
+            });
+            for (i, ok, detail) in futures_join_all(probes).await {
+                prober.farm.probed(i, ok, &detail);
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus those the Connection header names.
@@ -260,6 +517,62 @@ mod tests {
             tls: true,
             step_up,
         }
+    }
+
+    fn farm(n: usize, eject_for: Duration) -> Farm {
+        let urls: Vec<Uri> = (0..n)
+            .map(|i| format!("http://sts{i}.test:80").parse().unwrap())
+            .collect();
+        Farm::new(&urls, eject_for)
+    }
+
+    #[test]
+    fn round_robin_over_healthy_servers() {
+        let f = farm(3, Duration::from_secs(60));
+        let picks: Vec<usize> = (0..6).map(|_| f.pick()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        f.eject(1, "test");
+        assert!(!f.is_healthy(1));
+        let picks: Vec<usize> = (0..6).map(|_| f.pick()).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        assert!(picks.contains(&0) && picks.contains(&2), "{picks:?}");
+        // A passing health check ends the ejection; a failing one leaves out.
+        f.probed(1, true, "");
+        f.probed(2, false, "503");
+        let picks: Vec<usize> = (0..6).map(|_| f.pick()).collect();
+        assert!(picks.contains(&1) && !picks.contains(&2), "{picks:?}");
+        // All out: requests still go somewhere.
+        f.eject(0, "test");
+        f.eject(1, "test");
+        let picks: Vec<usize> = (0..3).map(|_| f.pick()).collect();
+        assert_eq!(picks.len(), 3);
+    }
+
+    #[test]
+    fn ejection_ends_after_its_time() {
+        let f = farm(2, Duration::ZERO);
+        f.eject(0, "test");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(f.is_healthy(0));
+        let g = prometheus::IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["server"]).unwrap();
+        f.attach(g.clone());
+        assert_eq!(g.with_label_values(&["http://sts1.test:80"]).get(), 1);
+        f.probed(1, false, "down");
+        assert_eq!(g.with_label_values(&["http://sts1.test:80"]).get(), 0);
+    }
+
+    #[test]
+    fn soap_answers_are_sign_ins_not_sickness() {
+        for (ct, soap) in [
+            ("application/soap+xml; charset=utf-8", true),
+            ("text/xml; charset=utf-8", true),
+            ("Application/SOAP+XML", true),
+            ("text/html", false),
+            ("", false),
+        ] {
+            assert_eq!(is_soap(&headers(&[("content-type", ct)])), soap, "{ct}");
+        }
+        assert!(!is_soap(&HeaderMap::new()));
     }
 
     #[test]
