@@ -90,6 +90,7 @@ async fn a_reload_to_an_empty_file_is_refused_and_dropped_sections_warn() {
         }
     };
     assert_eq!(refused("python-requests/2.32").await, 500);
+    assert_eq!(gate.metric("stsgate_rules_file_ok"), 1.0);
 
     // emptied by mistake (a bad deploy, `: > rules.toml`): refused, old rules kept
     std::fs::write(gate.rules_path(), "").unwrap();
@@ -98,6 +99,11 @@ async fn a_reload_to_an_empty_file_is_refused_and_dropped_sections_warn() {
     assert!(body.contains("configures no stage"), "{body}");
     assert_eq!(refused("python-requests/2.32").await, 500, "old rules kept");
     assert!(gate.wait_stderr("configures no stage"));
+    assert_eq!(
+        gate.metric("stsgate_rules_file_ok"),
+        0.0,
+        "the file on disk is bad"
+    );
 
     // a reload that drops a whole section is logged at WARN, naming it
     std::fs::write(
@@ -107,6 +113,7 @@ async fn a_reload_to_an_empty_file_is_refused_and_dropped_sections_warn() {
     .unwrap();
     let (status, body) = gate.api_post("/api/v1/reload");
     assert_eq!(status, 200, "{body}");
+    assert_eq!(gate.metric("stsgate_rules_file_ok"), 1.0);
     assert!(gate.wait_stderr("without sections that were in force"));
     let line = gate
         .stderr()
@@ -294,5 +301,33 @@ async fn farm_headers_from_untrusted_peers_never_reach_the_sts() {
     let seen = &upstream.seen()[0];
     for (name, value) in FARM_HEADERS {
         assert_eq!(seen.headers[name], value, "{name}");
+    }
+}
+
+// ---- item 11: the shipped Prometheus rules -----------------------------------
+
+/// `deploy/prometheus`: the rules load, and their unit tests pass (the
+/// reload alert that stays while `stsgate_rules_file_ok` is 0, and
+/// `StsgateDown` whatever the scrape job is called), with the real promtool.
+#[test]
+fn prometheus_rules_pass_promtool() {
+    let dir = workspace().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "stsgate-rules.yml"],
+        ["test", "rules", "stsgate-rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run promtool ({e}): scripts/test.sh installs it (Debian package `prometheus`)")
+            });
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
