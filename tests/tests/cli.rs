@@ -660,14 +660,29 @@ impl Demo {
     /// Starts the demo and waits until it has printed its welcome; `None`
     /// when it exited first (a port taken in between).
     fn start(listen: SocketAddr, admin: SocketAddr, dir: &Path) -> Option<Demo> {
-        let mut child = Command::new(stsgate_bin())
-            .arg("demo")
+        Demo::start_with(listen, admin, Some(dir), None)
+    }
+
+    /// With `--dir dir`, or (without) a temporary directory under `tmp`.
+    fn start_with(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        dir: Option<&Path>,
+        tmp: Option<&Path>,
+    ) -> Option<Demo> {
+        let mut cmd = Command::new(stsgate_bin());
+        cmd.arg("demo")
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--dir")
-            .arg(dir)
+            .arg(admin.to_string());
+        if let Some(dir) = dir {
+            cmd.arg("--dir").arg(dir);
+        }
+        if let Some(tmp) = tmp {
+            cmd.env("TMPDIR", tmp);
+        }
+        let mut child = cmd
             .env("STSGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1083,4 +1098,59 @@ fn check_warns_about_a_country_restriction_without_a_database() {
         all.contains("country_db"),
         "exit {code}, but nothing about geoip.country_db:\n{all}"
     );
+}
+
+/// Without `--dir`, the demo makes a private directory under the system's
+/// temporary directory, writes the token readable by its owner only, and
+/// removes the directory when it stops (SIGTERM here; Ctrl-C the same).
+#[test]
+fn demo_removes_the_directory_it_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut started = None;
+    for _ in 0..3 {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        if listen != admin {
+            started = Demo::start_with(listen, admin, None, Some(tmp.path()));
+            if started.is_some() {
+                break;
+            }
+        }
+    }
+    let mut demo = started.expect("the demo started");
+    let made: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let dir = &made[0];
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700);
+    assert_eq!(mode(&dir.join("admin.token")), 0o600);
+    let welcome = demo.stdout().join("\n");
+    assert!(
+        welcome.contains(&format!("removes {}", dir.display())),
+        "{welcome}"
+    );
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {}", demo.child.id()))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
