@@ -196,7 +196,10 @@ enum Password<'a> {
 /// The single pass behind [`username`] and [`credentials`]: the same
 /// decisions, in the same order, as [`reference::credentials`].
 fn scan(body: &[u8], want_password: bool) -> Option<Credentials<'_>> {
-    let mut xml = Lexer::new(body)?;
+    let text = std::str::from_utf8(body).ok()?;
+    // Offsets are kept in 32 bits; the caller caps bodies far below 4 GiB.
+    u32::try_from(body.len()).ok()?;
+    let mut xml = Lexer::new(text);
     // How many levels from the root match Envelope/Header/Security/UsernameToken.
     let mut chain = 0;
     let mut tokens = 0; // UsernameToken elements seen
@@ -400,17 +403,10 @@ struct Lexer<'a> {
 }
 
 impl<'a> Lexer<'a> {
-    /// `None` when the body is not UTF-8 (or beyond 4 GiB: offsets are kept
-    /// in 32 bits; the caller caps bodies far below).
-    fn new(body: &'a [u8]) -> Option<Self> {
-        let text = std::str::from_utf8(body).ok()?;
-        u32::try_from(body.len()).ok()?;
-        let pos = if body.starts_with(b"\xEF\xBB\xBF") {
-            3
-        } else {
-            0
-        };
-        Some(Self {
+    /// A lexer over a body already checked to be UTF-8.
+    fn new(text: &'a str) -> Self {
+        let pos = if text.starts_with('\u{feff}') { 3 } else { 0 };
+        Self {
             text,
             pos,
             events: 0,
@@ -425,7 +421,7 @@ impl<'a> Lexer<'a> {
             }; MAX_NS_DECLS],
             bound: 0,
             ns_decls: 0,
-        })
+        }
     }
 
     fn depth(&self) -> usize {
@@ -565,6 +561,11 @@ impl<'a> Lexer<'a> {
         }
         self.open[self.depth] = (at as u32, name.len() as u32);
         self.depth += 1;
+        // Reading attributes has no effect but declarations: without an
+        // `xmlns` in the text there is none.
+        if !contains_xmlns(attributes) {
+            return Some(());
+        }
         let mut cursor = 0;
         while let Some((key, value)) = next_attribute(attributes, &mut cursor) {
             let Some(prefix) = key.strip_prefix(b"xmlns") else {
@@ -647,6 +648,18 @@ impl<'a> Lexer<'a> {
             _ => Wanted::Other,
         }
     }
+}
+
+/// Whether `text` holds `xmlns` anywhere.
+fn contains_xmlns(text: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(x) = find(&text[from..], [b'x']) {
+        if text[from + x..].starts_with(b"xmlns") {
+            return true;
+        }
+        from += x + 1;
+    }
+    false
 }
 
 /// XML whitespace as quick-xml counts it.
