@@ -139,10 +139,16 @@ impl Admin {
 
     async fn api(&self, req: Request<Incoming>, path: &str) -> Response<Body> {
         let method = req.method().clone();
-        let (route, id) = match path.strip_prefix("/api/v1/blocks/") {
-            Some(id) if !id.is_empty() && !id.contains('/') => ("/api/v1/blocks/{id}", id),
-            _ => (path, ""),
+        let (route, id) = if let Some(id) = path.strip_prefix("/api/v1/blocks/") {
+            ("/api/v1/blocks/{id}", id)
+        } else if let Some(user) = path.strip_prefix("/api/v1/lockouts/") {
+            ("/api/v1/lockouts/{user}", user)
+        } else {
+            (path, "")
         };
+        if route.ends_with('}') && (id.is_empty() || id.contains('/')) {
+            return error(StatusCode::NOT_FOUND, "", "not found");
+        }
         match (&method, route) {
             (&Method::POST, "/api/v1/reload") => self.reload().await,
             (&Method::POST, "/api/v1/blocks") => match read_json(req).await {
@@ -162,11 +168,42 @@ impl Admin {
                 }
                 None => error(StatusCode::NOT_FOUND, "", format!("no live block {id:?}")),
             },
+            (&Method::GET, "/api/v1/lockouts") => {
+                let rules = self.gate.rules.current();
+                let locked = self
+                    .gate
+                    .state
+                    .guard
+                    .locked(rules.lockout.as_ref(), stsgate_state::now_ms());
+                json(
+                    StatusCode::OK,
+                    &serde_json::to_value(locked).unwrap_or_default(),
+                )
+            }
+            (&Method::DELETE, "/api/v1/lockouts/{user}") => {
+                let user = percent_decode(id);
+                if self.gate.state.guard.reset(&user) {
+                    tracing::info!(user = %stsgate_state::guard::user_key(&user), "lockout reset through the API");
+                    let mut r = Response::new(full(Bytes::new()));
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    r
+                } else {
+                    error(
+                        StatusCode::NOT_FOUND,
+                        "",
+                        format!("no lockout counts for {user:?}"),
+                    )
+                }
+            }
             (&Method::POST, "/api/v1/explain") => match read_json(req).await {
                 Ok(body) => self.explain(body),
                 Err(r) => r,
             },
-            (_, "/api/v1/reload" | "/api/v1/blocks" | "/api/v1/blocks/{id}" | "/api/v1/explain") => {
+            (
+                _,
+                "/api/v1/reload" | "/api/v1/blocks" | "/api/v1/blocks/{id}" | "/api/v1/explain"
+                | "/api/v1/lockouts" | "/api/v1/lockouts/{user}",
+            ) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "", "method not allowed")
             }
             _ => error(StatusCode::NOT_FOUND, "", "not found"),
@@ -308,6 +345,7 @@ impl Admin {
             &self.gate.config,
             &rules,
             &blocks,
+            &self.gate.state.guard,
             self.gate.geoip(),
             "live",
         ) {

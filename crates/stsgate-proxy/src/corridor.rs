@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 use stsgate_rules::{Action, Country, Decision, Facts, RuleSet, Trace};
-use stsgate_state::{BlockTable, Flow};
+use stsgate_state::{BlockTable, Flow, Guard, PasswordKey};
 
 use crate::client_ip::{self, ClientAddrs};
 use crate::config::ClientIp;
@@ -47,6 +47,8 @@ pub struct RequestFacts<'a> {
     pub user_agent: Option<Cow<'a, str>>,
     /// The user name from the request's credentials.
     pub user: Option<String>,
+    /// The keyed hash of the request's password (never the password).
+    pub password_key: Option<PasswordKey>,
     /// The client's country, when a rule needs it.
     pub country: Option<Country>,
     /// When the request is decided (ms since the epoch).
@@ -61,6 +63,7 @@ impl<'a> RequestFacts<'a> {
         headers: &'a HeaderMap,
         path: &'a str,
         user: Option<String>,
+        password_key: Option<PasswordKey>,
         client_ip: &ClientIp,
         rules: &RuleSet,
         geoip: Option<&GeoIp>,
@@ -73,6 +76,7 @@ impl<'a> RequestFacts<'a> {
             user_agent: header_text(headers, &X_MS_CLIENT_USER_AGENT)
                 .or_else(|| header_text(headers, &header::USER_AGENT)),
             user,
+            password_key,
             country,
             now_ms: stsgate_state::now_ms(),
             addrs,
@@ -84,6 +88,7 @@ impl<'a> RequestFacts<'a> {
         Facts {
             path: self.path,
             user: self.user.as_deref(),
+            password_key: self.password_key,
             now_ms: self.now_ms,
             ..self.addrs.facts(
                 self.application.as_deref(),
@@ -99,18 +104,28 @@ impl<'a> RequestFacts<'a> {
 pub fn decide<'r>(
     facts: &Facts<'_>,
     blocks: &'r BlockTable,
+    guard: &Guard,
     rules: &'r RuleSet,
     trace: &mut impl Trace<'r>,
 ) -> Decision<'r> {
-    let step_up = match stsgate_state::stage::decide(blocks, facts, trace) {
+    // Stage 2: dynamic blocks, then smart lockout and sprayed passwords. A
+    // step-up block or a log_only lockout is noted and the corridor goes on.
+    let mut noted = match stsgate_state::stage::decide(blocks, facts, trace) {
         Flow::Final(decision) => return decision,
         Flow::StepUp(decision) => Some(decision),
         Flow::Continue => None,
     };
+    let step_up = noted.is_some_and(|d| d.step_up);
+    match guard.decide(facts, rules.lockout.as_ref(), rules.spray.as_ref(), trace) {
+        Flow::Final(decision) => return decision,
+        Flow::StepUp(decision) => noted = noted.or(Some(decision)),
+        Flow::Continue => {}
+    }
     let later = rules.decide_traced(facts, trace);
-    match step_up {
-        // Nothing later fired: the block's step-up is what was decided.
-        Some(block) if later.stage == stsgate_rules::Stage::None => block,
+    match noted {
+        // Nothing later fired: stage 2's note is what was decided.
+        Some(d) if later.stage == stsgate_rules::Stage::None => d,
+        Some(_) if !step_up => later,
         Some(_) => Decision {
             step_up: true,
             action: if later.action == Action::Forward {
@@ -212,13 +227,14 @@ mod tests {
                 h,
                 "/adfs/services/trust/2005/usernamemixed",
                 user.map(str::to_string),
+                None,
                 &cip,
                 &r,
                 None,
             );
             let table = state.table_full();
             let mut steps: Vec<Step> = Vec::new();
-            let d = Verdict::from(decide(&f.facts(), &table, &r, &mut steps));
+            let d = Verdict::from(decide(&f.facts(), &table, &state.guard, &r, &mut steps));
             (d, steps.first().map(|s| s.stage))
         };
         let (d, first) = run("192.0.2.1", Some("eve@contoso.COM"), &HeaderMap::new());

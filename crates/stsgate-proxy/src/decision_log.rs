@@ -61,6 +61,9 @@ pub struct Event {
     /// Upstream time, when the request was forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// What the STS answered: `success`, `failure` or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signin: Option<&'static str>,
 }
 
 impl Event {
@@ -252,6 +255,7 @@ fn fields(e: &Event) -> Vec<(&'static str, String)> {
     opt("action", Some(e.action.to_string()));
     opt("status", e.status.map(|s| s.to_string()));
     opt("upstream_ms", e.upstream_ms.map(|s| s.to_string()));
+    opt("signin", e.signin.map(str::to_string));
     f
 }
 

@@ -139,6 +139,7 @@ pub fn explain(
     config: &Config,
     rules: &RuleSet,
     blocks: &BlockTable,
+    guard: &stsgate_state::Guard,
     geoip: Option<&GeoIp>,
     state: &str,
 ) -> Result<Report, String> {
@@ -184,6 +185,7 @@ pub fn explain(
         &headers,
         path,
         user,
+        None,
         &config.client_ip,
         rules,
         geoip,
@@ -201,7 +203,9 @@ pub fn explain(
     let class = PathFilter::new(&config.filter).classify(path);
     let mut steps: Vec<Step<'_>> = Vec::new();
     let decision = match class {
-        PathClass::Filtered => corridor::decide(&request.facts(), blocks, rules, &mut steps),
+        PathClass::Filtered => {
+            corridor::decide(&request.facts(), blocks, guard, rules, &mut steps)
+        }
         PathClass::Refuse => {
             stsgate_rules::Decision::plain(stsgate_rules::Stage::Path, Action::Refuse)
         }

@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use stsgate_rules::{Action, Stage};
-use stsgate_state::GateState;
+use stsgate_state::{GateState, Lesson, SignIn};
 
 use crate::blocked::{self, Refusal};
 use crate::client_ip::{self, ClientAddrs};
@@ -29,6 +29,13 @@ use crate::upstream::{self, Failure, ForwardFacts, Upstream};
 use crate::wstrust;
 
 pub use crate::corridor::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
+
+/// What the gate keeps of a request's facts for after the upstream answers.
+struct OwnedFacts {
+    addrs: ClientAddrs,
+    user: Option<String>,
+    password_key: Option<stsgate_state::PasswordKey>,
+}
 
 /// What the listener knows about a connection.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +60,8 @@ pub struct Gate {
     geoip: Option<Arc<GeoIp>>,
     /// Gate state (stage 2).
     pub state: Arc<GateState>,
+    /// How long refusals wait (drawn from the STS's failed sign-in latencies).
+    delay: Arc<crate::delay::RefusalDelay>,
 }
 
 impl Gate {
@@ -67,7 +76,9 @@ impl Gate {
         state: Arc<GateState>,
     ) -> Gate {
         let paths = PathFilter::new(&config.filter);
+        let delay = Arc::new(crate::delay::RefusalDelay::new(config.blocked_delay));
         Gate {
+            delay,
             config,
             rules,
             metrics,
@@ -90,6 +101,7 @@ impl Gate {
             log: self.log.clone(),
             geoip: self.geoip.clone(),
             state: self.state.clone(),
+            delay: self.delay.clone(),
         })
     }
 
@@ -128,33 +140,57 @@ impl Gate {
     }
 
     /// A filtered request: body, facts, the corridor's decision, then
-    /// refusal or upstream; one decision-log event.
+    /// refusal or upstream, whose answer is watched; one decision-log event.
     async fn filtered(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
             Err(status) => return self.reject(&parts, conn, status),
         };
-        let user = wstrust::username(&body).map(|u| u.to_string());
-        let (verdict, addrs, mut event) = self.decide(&parts, conn, user);
+        let rules = self.rules.current();
+        let learns = rules.lockout.as_ref().is_some_and(|l| l.enabled)
+            || rules.spray.as_ref().is_some_and(|s| s.enabled);
+        let (user, password_key) = match wstrust::credentials(&body) {
+            Some(c) => (
+                Some(c.user.to_string()),
+                // Only the keyed hash goes on; the password is never kept.
+                c.password
+                    .filter(|_| learns)
+                    .and_then(|p| self.state.password_key(p.as_bytes())),
+            ),
+            None => (None, None),
+        };
+        let (verdict, request, mut event) = self.decide(&rules, &parts, conn, user, password_key);
         self.metrics.decision(verdict.stage, verdict.action);
         let response = match verdict.action {
-            Action::Refuse => blocked::answer(Refusal::Blocked(self.config.blocked)),
+            Action::Refuse => {
+                if verdict.stage == Stage::Lockout {
+                    self.compromise(&rules, &request);
+                }
+                // Answered no sooner than the STS answers a wrong password.
+                tokio::time::sleep(self.delay.next()).await;
+                blocked::answer(Refusal::Blocked(self.config.blocked))
+            }
             Action::Redirect => {
                 blocked::answer(Refusal::Redirect(verdict.redirect_url.as_deref().unwrap_or("/")))
             }
             _ => {
                 let facts = ForwardFacts {
                     peer: conn.peer,
-                    peer_trusted: addrs.peer_trusted,
-                    client: addrs.client,
+                    peer_trusted: request.addrs.peer_trusted,
+                    client: request.addrs.client,
                     tls: conn.tls,
                     step_up: verdict.step_up,
                 };
-                let request = self.upstream_request(parts, proxy_body::full(body), &facts);
+                let upstream_req = self.upstream_request(parts, proxy_body::full(body), &facts);
                 let started = Instant::now();
-                let answer = self.upstream.exchange(request).await;
-                event.upstream_ms = Some(started.elapsed().as_millis() as u64);
+                let answer = self.upstream.exchange(upstream_req).await;
+                let took = started.elapsed();
+                event.upstream_ms = Some(took.as_millis() as u64);
+                if let Ok(r) = &answer {
+                    let signin = self.watch_answer(&rules, &request, r, took);
+                    event.signin = Some(signin);
+                }
                 self.answer(answer.map(|r| r.map(proxy_body::full)), started)
             }
         };
@@ -163,24 +199,86 @@ impl Gate {
         response
     }
 
-    /// The corridor on one request's facts: the verdict, the client
-    /// addresses, and the decision-log event so far. Reads the rules and the
-    /// gate state in memory; never waits.
+    /// Reads what the STS answered (the answer itself passes untouched):
+    /// counted, its latency kept for refusal delays, and a success or failure
+    /// taught to smart lockout and spray detection.
+    fn watch_answer(
+        &self,
+        rules: &stsgate_rules::RuleSet,
+        request: &OwnedFacts,
+        answer: &Response<Bytes>,
+        took: Duration,
+    ) -> &'static str {
+        let result = match wstrust::classify_answer(answer.status().as_u16(), answer.body()) {
+            wstrust::Answer::Success => Some(SignIn::Success),
+            wstrust::Answer::FailedAuthentication => Some(SignIn::Failure),
+            wstrust::Answer::OtherFault | wstrust::Answer::Unknown => None,
+        };
+        let name = match result {
+            Some(SignIn::Success) => "success",
+            Some(SignIn::Failure) => "failure",
+            None => "unknown",
+        };
+        self.metrics.signins.with_label_values(&[name]).inc();
+        if result == Some(SignIn::Failure) {
+            self.delay.record_failure(took);
+        }
+        if let (Some(result), Some(user)) = (result, &request.user) {
+            self.state.learn(
+                &Lesson {
+                    user: user.clone(),
+                    password_key: request.password_key,
+                    locations: request.addrs.carried.clone(),
+                    client_ip: request.addrs.client,
+                    result,
+                    now_ms: stsgate_state::now_ms(),
+                },
+                rules.lockout.as_ref(),
+                rules.spray.as_ref(),
+            );
+        }
+        name
+    }
+
+    /// A request refused by lockout: the right password from an unfamiliar
+    /// location while locked raises `compromise_suspected`.
+    fn compromise(&self, rules: &stsgate_rules::RuleSet, request: &OwnedFacts) {
+        let (Some(lockout), Some(user)) = (rules.lockout.as_ref(), &request.user) else {
+            return;
+        };
+        let facts = stsgate_rules::Facts {
+            user: Some(user),
+            password_key: request.password_key,
+            carried: &request.addrs.carried,
+            now_ms: stsgate_state::now_ms(),
+            ..stsgate_rules::Facts::new(request.addrs.client)
+        };
+        if let Some(alert) = self.state.guard.compromise(&facts, lockout) {
+            self.state
+                .raise(stsgate_state::StateEvent::CompromiseSuspected(Arc::new(alert)));
+        }
+    }
+
+    /// The corridor on one request's facts: the verdict, the facts kept for
+    /// after the answer, and the decision-log event so far. Reads the rules
+    /// and the gate state in memory; never waits.
     fn decide(
         &self,
+        rules: &stsgate_rules::RuleSet,
         parts: &http::request::Parts,
         conn: Conn,
         user: Option<String>,
-    ) -> (Verdict, ClientAddrs, Event) {
-        let rules = self.rules.current();
+        password_key: Option<stsgate_state::PasswordKey>,
+    ) -> (Verdict, OwnedFacts, Event) {
         let blocks = self.state.table();
         let request = RequestFacts::build(
             conn.peer,
             &parts.headers,
             parts.uri.path(),
             user,
+            password_key,
             &self.config.client_ip,
-            &rules,
+            rules,
             self.geoip.as_deref(),
         );
         if let Some((header, problem)) = &request.addrs.bad_header {
@@ -190,7 +288,8 @@ impl Gate {
         let verdict = Verdict::from(corridor::decide(
             &request.facts(),
             &blocks,
-            &rules,
+            &self.state.guard,
+            rules,
             &mut (),
         ));
         let event = Event {
@@ -206,7 +305,12 @@ impl Gate {
             entry: verdict.entry.as_deref().map(bounded),
             ..Event::now()
         };
-        (verdict, request.addrs, event)
+        let owned = OwnedFacts {
+            addrs: request.addrs,
+            user: request.user,
+            password_key: request.password_key,
+        };
+        (verdict, owned, event)
     }
 
     /// A filtered request the gate cannot read (too large, too slow,

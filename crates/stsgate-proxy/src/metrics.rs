@@ -70,6 +70,8 @@ pub struct Metrics {
     upstream_responses: Cells,
     request_duration: Histogram,
     upstream_duration: Histogram,
+    /// `stsgate_signins_total{result}`: what the STS answered.
+    pub signins: IntCounterVec,
     /// Decision log events dropped because the writer fell behind.
     pub log_dropped: IntCounter,
     /// Forwarded-IP headers that did not parse.
@@ -148,6 +150,11 @@ impl Metrics {
                 "stsgate_upstream_duration_seconds",
                 "Time the upstream took to answer with headers.",
             ),
+            signins: counter_vec(
+                "stsgate_signins_total",
+                "Forwarded sign-ins by what the STS answered: success, failure, unknown.",
+                &["result"],
+            ),
             log_dropped: counter(
                 "stsgate_decision_log_dropped_total",
                 "Decision log events dropped because the writer fell behind.",
@@ -206,6 +213,9 @@ impl Metrics {
         // Series that exist from the start, so rates and alerts see zero.
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]).reset();
+        }
+        for result in ["success", "failure", "unknown"] {
+            m.signins.with_label_values(&[result]).reset();
         }
         for class in 1..UpstreamClass::LABELS.len() {
             m.upstream_responses

@@ -40,6 +40,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     admin: Arc<Admin>,
     log_thread: Option<std::thread::JoinHandle<()>>,
+    /// Alerts to `alerts.webhook_url`: its task runs from `serve`.
+    alerts: Option<crate::alerts::AlertSender>,
 }
 
 /// The file in `state.dir` that holds the admin listener's bound address
@@ -72,6 +74,13 @@ pub async fn open_state(
         config.state.instance.clone(),
         metrics.registry(),
     ));
+    let secret = stsgate_state::Secret::load_or_create(&config.state.dir).with_context(|| {
+        format!(
+            "cannot read or make the password-hash key in {}",
+            config.state.dir.display()
+        )
+    })?;
+    state.set_secret(secret);
     let n = state.load().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(dir = %config.state.dir.display(), redis = redis.as_ref().map(|r| r.url()).unwrap_or("none"), blocks = n, "gate state loaded");
     Ok((state, redis))
@@ -112,6 +121,20 @@ impl Server {
         }
         let token = files.admin_token;
         let (state, redis) = open_state(&config, &metrics).await?;
+        // Alerts: the state's events go to the alert queue (never waiting).
+        let alerts =
+            crate::alerts::AlertSender::new(&config, metrics.registry()).map_err(|errors| {
+                anyhow::anyhow!(
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+        if let Some(alerts) = &alerts {
+            state.set_sink(alerts.sink());
+        }
         let (log, log_thread) = DecisionLog::start(&config.log, metrics.clone())
             .context("cannot start the decision log")?;
         let gate = Arc::new(Gate::new(
@@ -130,6 +153,7 @@ impl Server {
             tls,
             admin,
             log_thread: Some(log_thread),
+            alerts,
         })
     }
 
@@ -212,6 +236,12 @@ impl Server {
             .redis
             .clone()
             .map(|r| tokio::spawn(r.follow(self.gate.state.clone(), state_stop_rx)));
+        // The alert sender outlives the state's tasks, then flushes (bounded).
+        let (alerts_stop, alerts_stop_rx) = watch::channel(false);
+        let alerts_task = self
+            .alerts
+            .take()
+            .map(|a| tokio::spawn(a.run(alerts_stop_rx)));
         // Where the admin API really is (admin.addr may say port 0): for the
         // CLI (`block`, `lockout`, `explain`) run with --config.
         let addr_file = self.gate.config.state.dir.join(ADMIN_ADDR_FILE);
@@ -245,6 +275,10 @@ impl Server {
         let _ = state_stop.send(true);
         let _ = state_task.await;
         if let Some(t) = redis_task {
+            let _ = t.await;
+        }
+        let _ = alerts_stop.send(true);
+        if let Some(t) = alerts_task {
             let _ = t.await;
         }
         // The decision log writes what is queued, then ends.

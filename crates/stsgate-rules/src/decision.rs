@@ -14,6 +14,8 @@ pub enum Stage {
     DynamicBlock,
     /// Stage 2: smart lockout.
     Lockout,
+    /// Stage 2: a sprayed password.
+    Spray,
     /// Stage 3a: adaptive IP / country restriction.
     IpCountry,
     /// Stage 3b: adaptive threat service.
@@ -32,9 +34,10 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in label order.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::DynamicBlock,
         Stage::Lockout,
+        Stage::Spray,
         Stage::IpCountry,
         Stage::Threat,
         Stage::Ip,
@@ -49,6 +52,7 @@ impl Stage {
         match self {
             Stage::DynamicBlock => "dynamic_block",
             Stage::Lockout => "lockout",
+            Stage::Spray => "spray",
             Stage::IpCountry => "ip_country",
             Stage::Threat => "threat",
             Stage::Ip => "ip",
@@ -222,6 +226,9 @@ pub struct Facts<'a> {
     pub user: Option<&'a str>,
     /// When the request is decided, in milliseconds since the Unix epoch.
     pub now_ms: u64,
+    /// The keyed hash of the password the request carries (never the
+    /// password), for the spray defence and the lockout's repeated-password rule.
+    pub password_key: Option<[u8; 16]>,
 }
 
 impl<'a> Facts<'a> {
@@ -238,6 +245,7 @@ impl<'a> Facts<'a> {
             path: "",
             user: None,
             now_ms: 0,
+            password_key: None,
         }
     }
 

@@ -148,6 +148,9 @@ pub struct RawSpray {
     pub enabled: Option<bool>,
     /// Distinct users failing from one IP that make it a spray; default 10.
     pub distinct_users: Option<Spanned<i64>>,
+    /// Distinct users one wrong password fails for, from any IPs, that make
+    /// it a sprayed password; default 5.
+    pub same_password_users: Option<Spanned<i64>>,
     /// Default `10m`.
     pub window: Option<Spanned<String>>,
     /// Default `1h`.

@@ -32,6 +32,8 @@ pub struct SpraySettings {
     pub enabled: bool,
     /// Distinct users failing from one IP that make a spray.
     pub distinct_users: u32,
+    /// Distinct users one wrong password fails for that make it sprayed.
+    pub same_password_users: u32,
     /// Within this window.
     pub window: Duration,
     /// How long the IP is then blocked.
@@ -126,6 +128,7 @@ impl RuleSet {
         let spray = raw.spray.as_ref().map(|s| SpraySettings {
             enabled: s.enabled.unwrap_or(true),
             distinct_users: c.count(s.distinct_users.as_ref(), 2, 10),
+            same_password_users: c.count(s.same_password_users.as_ref(), 2, 5),
             window: c.duration(s.window.as_ref(), Duration::from_secs(10 * 60)),
             block_for: c.duration(s.block_for.as_ref(), Duration::from_secs(3600)),
         });
@@ -338,9 +341,10 @@ impl RuleSet {
         }
         if let Some(s) = &self.spray {
             lines.push(format!(
-                "spray: {}, distinct_users {}, window {}, block_for {}",
+                "spray: {}, distinct_users {}, same_password_users {}, window {}, block_for {}",
                 if s.enabled { "enabled" } else { "disabled" },
                 s.distinct_users,
+                s.same_password_users,
                 humantime::format_duration(s.window),
                 humantime::format_duration(s.block_for),
             ));

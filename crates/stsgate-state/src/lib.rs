@@ -12,11 +12,13 @@
 
 pub mod block;
 pub mod embedded;
+pub mod guard;
 pub mod redis;
 pub mod service;
 pub mod stage;
 pub mod store;
 
+pub use guard::{Guard, Learned, Lesson, Locked, PasswordKey, Secret, SignIn};
 pub use block::{Block, BlockAction, BlockTable, FieldError, NewBlock, Target, now_ms};
 pub use service::{
     Added, CompromiseAlert, EventSink, GateState, LockoutAlert, SprayAlert, StateEvent, StateMetrics,

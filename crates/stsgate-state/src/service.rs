@@ -139,6 +139,10 @@ pub struct StateMetrics {
     pub blocks_active: IntGaugeVec,
     /// `stsgate_state_errors_total{store}`.
     pub state_errors: IntCounterVec,
+    /// `stsgate_users_locked`.
+    pub users_locked: prometheus::IntGauge,
+    /// `stsgate_sprayed_passwords_active`.
+    pub sprayed_passwords: prometheus::IntGauge,
 }
 
 impl StateMetrics {
@@ -157,6 +161,18 @@ impl StateMetrics {
             &["store"],
         )
         .expect("valid metric");
+        let users_locked = prometheus::IntGauge::new(
+            "stsgate_users_locked",
+            "Users locked by smart lockout now.",
+        )
+        .expect("valid metric");
+        let sprayed_passwords = prometheus::IntGauge::new(
+            "stsgate_sprayed_passwords_active",
+            "Sprayed passwords (keyed hashes) refused now.",
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(users_locked.clone()));
+        let _ = registry.register(Box::new(sprayed_passwords.clone()));
         let _ = registry.register(Box::new(blocks_active.clone()));
         let _ = registry.register(Box::new(state_errors.clone()));
         for kind in ["ip", "user"] {
@@ -168,6 +184,8 @@ impl StateMetrics {
         StateMetrics {
             blocks_active,
             state_errors,
+            users_locked,
+            sprayed_passwords,
         }
     }
 }
@@ -230,6 +248,9 @@ pub struct GateState {
     /// Receivers of the writer queues, taken by [`GateState::run`].
     receivers: Mutex<Vec<(Arc<StoreLink>, mpsc::Receiver<Change>)>>,
     events: Mutex<Option<Arc<dyn EventSink>>>,
+    /// Smart lockout and spray state.
+    pub guard: crate::guard::Guard,
+    secret: Mutex<Option<Arc<crate::guard::Secret>>>,
 }
 
 /// What [`GateState::add`] did.
@@ -285,6 +306,8 @@ impl GateState {
             links,
             receivers: Mutex::new(receivers),
             events: Mutex::new(None),
+            guard: crate::guard::Guard::new(),
+            secret: Mutex::new(None),
         }
     }
 
@@ -319,6 +342,50 @@ impl GateState {
         let (tx, rx) = mpsc::channel(capacity);
         self.set_sink(Arc::new(tx));
         rx
+    }
+
+    /// The key for password hashes (from `state.dir/secret.key`).
+    pub fn set_secret(&self, secret: crate::guard::Secret) {
+        *lock(&self.secret) = Some(Arc::new(secret));
+    }
+
+    /// The keyed hash of a password; `None` without a secret.
+    pub fn password_key(&self, password: &[u8]) -> Option<crate::guard::PasswordKey> {
+        let secret = lock(&self.secret).clone();
+        secret.map(|s| s.key(password))
+    }
+
+    /// Learns from an answered sign-in: counts, familiar IPs, spray windows;
+    /// raises the alerts and adds the per-IP spray block it calls for.
+    pub fn learn(
+        &self,
+        lesson: &crate::guard::Lesson,
+        lockout: Option<&stsgate_rules::LockoutSettings>,
+        spray: Option<&stsgate_rules::SpraySettings>,
+    ) {
+        let learned = self.guard.learn(lesson, lockout, spray);
+        if let Some(l) = learned.lockout {
+            self.emit(StateEvent::Lockout(Arc::new(l)));
+        }
+        if let Some(mut alert) = learned.spray_ip {
+            if let (Some(ip), Some(s)) = (alert.client_ip, spray) {
+                let new = NewBlock {
+                    target: crate::block::Target::Ip(ip.to_string()),
+                    ttl: s.block_for,
+                    action: crate::block::BlockAction::Refuse,
+                    reason: Some(format!(
+                        "spray: failed sign-ins for {} users",
+                        alert.users.len()
+                    )),
+                    origin: "spray".to_string(),
+                };
+                alert.block = self.add(vec![new]).into_iter().next().map(|(b, _)| b);
+            }
+            self.emit(StateEvent::Spray(Arc::new(alert)));
+        }
+        if let Some(alert) = learned.spray_password {
+            self.emit(StateEvent::Spray(Arc::new(alert)));
+        }
     }
 
     /// Sends state events (alerts) to `sink` from now on.
@@ -733,6 +800,13 @@ impl GateState {
     /// Drops blocks that have ended (requests already ignore them).
     pub fn purge_now(&self) {
         let now = now_ms();
+        let locked = self.guard.purge_remembered(now);
+        self.metrics
+            .users_locked
+            .set(i64::try_from(locked).unwrap_or(i64::MAX));
+        self.metrics
+            .sprayed_passwords
+            .set(i64::try_from(self.guard.sprayed_count(now)).unwrap_or(i64::MAX));
         lock(&self.removed).retain(|_, &mut (_, expires)| expires > now);
         let expired: Vec<Arc<Block>> = {
             let mut map = lock(&self.blocks);

@@ -92,6 +92,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     };
     // The gate state: read from state.dir; when the running gate holds it,
     // asked of the gate itself through its admin API.
+    let guard = stsgate_state::Guard::new();
     let (blocks, state) = match stored_blocks(&config) {
         Ok(found) => found,
         Err(e) if e.0.contains("in use") => {
@@ -107,7 +108,15 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         Some(db) if rules.needs_country() => stsgate_proxy::geoip::GeoIp::open(db).ok(),
         _ => None,
     };
-    stsgate_proxy::explain::explain(&question, &config, &rules, &blocks, geoip.as_ref(), state)
+    stsgate_proxy::explain::explain(
+        &question,
+        &config,
+        &rules,
+        &blocks,
+        &guard,
+        geoip.as_ref(),
+        state,
+    )
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -10,6 +10,7 @@ mod check;
 mod demo;
 mod demo_sts;
 mod explain;
+mod lockout;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Dynamic blocks on the running gate: add, list, remove.
     #[command(subcommand)]
     Block(block::BlockCommand),
+    /// Smart lockout on the running gate: list locked users, reset one.
+    #[command(subcommand)]
+    Lockout(lockout::LockoutCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => return explain::explain(&args),
         Command::Demo(args) => demo::demo(args),
         Command::Block(command) => return block::block(command),
+        Command::Lockout(command) => return lockout::lockout(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
