@@ -438,12 +438,22 @@ fn explain_prints_each_stage_and_the_matching_entry() {
     let stages: Vec<&str> = steps.iter().filter_map(|s| s["stage"].as_str()).collect();
     assert_eq!(
         stages,
-        ["ip_country", "threat", "ip", "application", "user_agent"],
-        "{j}"
+        [
+            "dynamic_block",
+            "lockout",
+            "spray",
+            "ip_country",
+            "threat",
+            "ip",
+            "application",
+            "user_agent"
+        ],
+        "stage 2 first, then the rules, in corridor order: {j}"
     );
-    assert_eq!(steps[2]["outcome"], "fired");
-    assert_eq!(steps[2]["entry"]["line"], 7);
-    assert_eq!(steps[3]["outcome"], "passed");
+    assert_eq!(steps[0]["outcome"], "passed");
+    assert_eq!(steps[5]["outcome"], "fired");
+    assert_eq!(steps[5]["entry"]["line"], 7);
+    assert_eq!(steps[6]["outcome"], "passed");
 
     // the adaptive check decides before request blocking
     let j = s.explain_json(&["--ip", "198.51.100.9", "-H", ACTIVESYNC]);
