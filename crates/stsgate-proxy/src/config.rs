@@ -224,12 +224,35 @@ pub enum SyslogAddr {
     Tcp(String),
 }
 
-/// Alert delivery.
+/// `[alerts]`: state events posted as JSON to a SOAR ([`crate::alerts`]).
+/// Holds file paths only; the files are read by
+/// [`crate::alerts::AlertSender::new`].
 #[derive(Debug, Clone)]
 pub struct Alerts {
-    /// SOAR webhook.
-    pub webhook_url: Option<String>,
+    /// SOAR webhook, `http://` or `https://`; absent: alerts are only logged.
+    pub webhook_url: Option<http::Uri>,
+    /// Extra trust roots for an https webhook (the system's are used too).
+    pub ca_file: Option<PathBuf>,
+    /// Its first line is sent as `Authorization: Bearer`.
+    pub token_file: Option<PathBuf>,
+    /// Its first line is the HMAC-SHA-256 key of `X-Stsgate-Signature`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Events waiting for delivery before new ones are dropped (default 1000).
+    pub queue: usize,
+    /// Bound of one delivery attempt, connect included (default 5s).
+    pub timeout: Duration,
+    /// Attempts per event before it is counted `failed` (default 6).
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt, doubled after each (default 1s).
+    pub backoff: Duration,
+    /// Longest wait between two attempts (default 60s).
+    pub max_backoff: Duration,
 }
+
+/// Most events `alerts.queue` may hold.
+pub const MAX_ALERT_QUEUE: usize = 1_000_000;
+/// Most attempts `alerts.max_attempts` may ask for.
+pub const MAX_ALERT_ATTEMPTS: u32 = 20;
 
 // ---- the raw model ------------------------------------------------------
 
@@ -381,7 +404,24 @@ struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAlerts {
+    /// `http://` or `https://` URL; absent: no delivery.
     webhook_url: Option<Spanned<String>>,
+    /// Extra trust roots for https.
+    ca_file: Option<Spanned<String>>,
+    /// Bearer token file.
+    token_file: Option<Spanned<String>>,
+    /// HMAC key file.
+    signing_key_file: Option<Spanned<String>>,
+    /// Default 1000.
+    queue: Option<Spanned<i64>>,
+    /// Default 5s.
+    timeout: Option<Spanned<String>>,
+    /// Default 6.
+    max_attempts: Option<Spanned<i64>>,
+    /// Default 1s.
+    backoff: Option<Spanned<String>>,
+    /// Default 60s.
+    max_backoff: Option<Spanned<String>>,
 }
 
 /// The default client IP headers.
@@ -703,9 +743,7 @@ impl Config {
                     .map(|p| v.file("geoip.country_db", p)),
             },
             log,
-            alerts: Alerts {
-                webhook_url: raw.alerts.webhook_url.as_ref().map(|u| u.get_ref().clone()),
-            },
+            alerts: alerts(&mut v, &raw.alerts),
         };
         v.errors.sort_by_key(|e| (e.line, e.column));
         (
@@ -715,6 +753,105 @@ impl Config {
             }),
             v.errors,
         )
+    }
+}
+
+/// `[alerts]`, validated.
+fn alerts(v: &mut Validator<'_>, raw: &RawAlerts) -> Alerts {
+    let webhook_url = raw.webhook_url.as_ref().and_then(|w| {
+        let bad = |why: &str| format!("invalid webhook_url {:?}: {why}", w.get_ref());
+        match w.get_ref().parse::<http::Uri>() {
+            Ok(url)
+                if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() =>
+            {
+                if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+                    v.error(
+                        w,
+                        "webhook_url must not hold credentials: put a token in alerts.token_file",
+                    );
+                    None
+                } else {
+                    Some(url)
+                }
+            }
+            _ => {
+                v.error(
+                    w,
+                    bad("expected http://host[:port]/path or https://host[:port]/path"),
+                );
+                None
+            }
+        }
+    });
+    if raw.webhook_url.is_none() {
+        let set = [
+            ("ca_file", raw.ca_file.as_ref().map(Spanned::span)),
+            ("token_file", raw.token_file.as_ref().map(Spanned::span)),
+            (
+                "signing_key_file",
+                raw.signing_key_file.as_ref().map(Spanned::span),
+            ),
+        ];
+        if let Some((key, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
+            v.errors.push(v.src.error(
+                &span,
+                format!("alerts.{key} needs alerts.webhook_url (where to send alerts)"),
+            ));
+        }
+    }
+    let queue = v.count(raw.queue.as_ref(), 1000);
+    if let Some(q) = raw.queue.as_ref().filter(|_| queue > MAX_ALERT_QUEUE) {
+        v.error(q, format!("queue must be at most {MAX_ALERT_QUEUE}"));
+    }
+    let max_attempts = v.count(raw.max_attempts.as_ref(), 6);
+    if let Some(a) = raw.max_attempts.as_ref() {
+        if max_attempts > MAX_ALERT_ATTEMPTS as usize {
+            v.error(
+                a,
+                format!("max_attempts must be at most {MAX_ALERT_ATTEMPTS}"),
+            );
+        }
+    }
+    let mut positive = |d: Option<&Spanned<String>>, default: Duration, key: &str| {
+        let value = v.duration(d, default);
+        match d {
+            Some(d) if value.is_zero() => {
+                v.error(d, format!("{key} must be longer than zero"));
+                default
+            }
+            _ => value,
+        }
+    };
+    let timeout = positive(raw.timeout.as_ref(), Duration::from_secs(5), "timeout");
+    let backoff = positive(raw.backoff.as_ref(), Duration::from_secs(1), "backoff");
+    let max_backoff = positive(
+        raw.max_backoff.as_ref(),
+        Duration::from_secs(60),
+        "max_backoff",
+    );
+    if backoff > max_backoff {
+        if let Some(at) = raw.backoff.as_ref().or(raw.max_backoff.as_ref()) {
+            v.error(at, "backoff must not be longer than max_backoff");
+        }
+    }
+    Alerts {
+        webhook_url,
+        ca_file: raw.ca_file.as_ref().map(|p| v.file("alerts.ca_file", p)),
+        token_file: raw
+            .token_file
+            .as_ref()
+            .map(|p| v.file("alerts.token_file", p)),
+        signing_key_file: raw
+            .signing_key_file
+            .as_ref()
+            .map(|p| v.file("alerts.signing_key_file", p)),
+        queue: queue.min(MAX_ALERT_QUEUE),
+        timeout,
+        max_attempts: u32::try_from(max_attempts)
+            .unwrap_or(MAX_ALERT_ATTEMPTS)
+            .min(MAX_ALERT_ATTEMPTS),
+        backoff,
+        max_backoff,
     }
 }
 
@@ -990,6 +1127,91 @@ mod tests {
         let e = Config::parse("r.toml", "[request_blocking.ip]\nrule = \"deny\"\n").unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].to_string().starts_with("r.toml:1:1: this looks like a rule file"), "{e:?}");
+    }
+
+    #[test]
+    fn alerts_defaults_and_errors() {
+        let c = Config::parse("/etc/stsgate/s.toml", &format!("{MINIMAL}[alerts]\nwebhook_url = \"https://soar.example.com/hooks/stsgate\"\ntoken_file = \"soar.token\"\n")).unwrap();
+        let a = &c.alerts;
+        assert_eq!(
+            a.webhook_url.as_ref().map(ToString::to_string).as_deref(),
+            Some("https://soar.example.com/hooks/stsgate")
+        );
+        assert_eq!(
+            a.token_file.as_deref(),
+            Some(Path::new("/etc/stsgate/soar.token"))
+        );
+        assert_eq!((a.queue, a.max_attempts), (1000, 6));
+        assert_eq!(
+            (a.timeout, a.backoff, a.max_backoff),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                Duration::from_secs(60)
+            )
+        );
+        assert_eq!(c.positions.get("alerts.token_file"), Some((6, 14)));
+        assert!(
+            Config::parse("s.toml", MINIMAL)
+                .unwrap()
+                .alerts
+                .webhook_url
+                .is_none()
+        );
+        for (text, at, want) in [
+            (
+                "webhook_url = \"ftp://soar\"",
+                (5, 15),
+                "invalid webhook_url",
+            ),
+            (
+                "webhook_url = \"soar.example.com\"",
+                (5, 15),
+                "invalid webhook_url",
+            ),
+            (
+                "webhook_url = \"https://u:p@soar\"",
+                (5, 15),
+                "must not hold credentials",
+            ),
+            ("token_file = \"t\"", (5, 14), "needs alerts.webhook_url"),
+            (
+                "webhook_url = \"http://soar\"\nqueue = 0",
+                (6, 9),
+                "at least 1",
+            ),
+            (
+                "webhook_url = \"http://soar\"\nqueue = 2000000",
+                (6, 9),
+                "at most",
+            ),
+            (
+                "webhook_url = \"http://soar\"\nmax_attempts = 21",
+                (6, 16),
+                "at most 20",
+            ),
+            (
+                "webhook_url = \"http://soar\"\ntimeout = \"0s\"",
+                (6, 11),
+                "longer than zero",
+            ),
+            (
+                "webhook_url = \"http://soar\"\nbackoff = \"2m\"",
+                (6, 11),
+                "max_backoff",
+            ),
+            (
+                "webhook_url = \"http://soar\"\nretries = 3",
+                (6, 1),
+                "unknown field",
+            ),
+        ] {
+            let e = Config::parse("s.toml", &format!("{MINIMAL}[alerts]\n{text}\n")).unwrap_err();
+            assert!(
+                e[0].message.contains(want) && (e[0].line, e[0].column) == at,
+                "{text}: {e:?}"
+            );
+        }
     }
 
     #[test]

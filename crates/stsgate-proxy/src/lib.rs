@@ -7,6 +7,7 @@
 //! themselves come from the pure `stsgate-rules` crate.
 
 pub mod admin;
+pub mod alerts;
 pub mod blocked;
 pub mod client_ip;
 pub mod config;
