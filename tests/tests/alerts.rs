@@ -417,3 +417,202 @@ async fn a_full_queue_drops_and_counts() {
     assert_eq!(receiver.got().len() as f64, 6.0 - dropped);
     assert_eq!(alerts(&gate, "block_added", "failed"), 0.0);
 }
+
+/// The right password of every user, for the STS below.
+const RIGHT: &str = "correct horse & battery";
+
+/// An upstream that checks the password like an STS.
+async fn sts() -> Upstream {
+    let upstream = Upstream::start().await;
+    let success = Bytes::from(fixture("rstr-2005-success.xml"));
+    let fault = Bytes::from(fixture("fault-failed-authentication.xml"));
+    upstream.respond(move |seen| {
+        let body = String::from_utf8_lossy(&seen.body);
+        let right = format!(
+            "<sec:Password>{}</sec:Password>",
+            RIGHT.replace('&', "&amp;")
+        );
+        if body.contains(&right) {
+            Answer::soap(200, success.clone())
+        } else {
+            Answer::soap(500, fault.clone())
+        }
+    });
+    upstream
+}
+
+async fn signin(gate: &Gate, user: &str, password: &str, from: &str) -> u16 {
+    send(
+        &http_client(),
+        post(
+            &gate.url(USERNAMEMIXED),
+            &[("x-ms-forwarded-client-ip", from)],
+            rst_for(user, password),
+        ),
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_compromise_and_spray_reach_the_soar_without_a_password() {
+    let upstream = sts().await;
+    let receiver = Receiver::start(Duration::ZERO).await;
+    let secrets = secrets();
+    let rules = "[request_blocking]\nenabled = false\n[lockout]\nthreshold = 3\nobservation_window = \"30m\"\nfamiliar_for = \"1h\"\n[spray]\ndistinct_users = 4\nsame_password_users = 3\nwindow = \"10m\"\nblock_for = \"1h\"\n";
+    let extra = format!(
+        "instance = \"gate-b\"\n[alerts]\nwebhook_url = \"http://{}/hooks/stsgate\"\nsigning_key_file = \"{}\"\n[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n[blocked]\ndelay = \"0s\"\n",
+        receiver.addr,
+        secrets.path().join("alerts.key").display(),
+    );
+    let gate = Gate::start(GateSpec {
+        extra: &extra,
+        ..GateSpec::new(rules, &upstream)
+    });
+    let guesses = ["Guess-One-1", "Guess-Two-2", "Guess-Three-3"];
+    // Alice at home, then three guesses from elsewhere: locked.
+    assert_eq!(
+        signin(&gate, "alice@contoso.com", RIGHT, "10.0.0.1").await,
+        200
+    );
+    for (guess, from) in guesses.iter().zip(["192.0.2.1", "192.0.2.2", "192.0.2.3"]) {
+        assert_eq!(signin(&gate, "alice@contoso.com", guess, from).await, 500);
+    }
+    // The right password from an unfamiliar IP while locked.
+    assert_eq!(
+        signin(&gate, "alice@contoso.com", RIGHT, "203.0.113.50").await,
+        500
+    );
+    // One password over three users from three IPs.
+    for (user, from) in [
+        ("u1@contoso.com", "203.0.113.1"),
+        ("u2@contoso.com", "203.0.113.2"),
+        ("u3@contoso.com", "203.0.113.3"),
+    ] {
+        signin(&gate, user, "Winter2026!", from).await;
+    }
+    // One IP failing for four users.
+    for (i, user) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        signin(
+            &gate,
+            &format!("{user}@contoso.com"),
+            &format!("Spring{i}"),
+            "198.51.100.66",
+        )
+        .await;
+    }
+    let wanted = ["lockout", "compromise_suspected", "spray", "block_added"];
+    let events = || -> Vec<serde_json::Value> { receiver.got().iter().map(Hook::json).collect() };
+    assert!(
+        gate.wait_until(Duration::from_secs(15), |_| {
+            let e = events();
+            e.iter().filter(|e| e["event"] == "spray").count() == 2
+                && wanted.iter().all(|w| e.iter().any(|e| e["event"] == *w))
+        }),
+        "{:?}",
+        events()
+    );
+    let events = events();
+    for (hook, event) in receiver.got().iter().zip(&events) {
+        verify(hook);
+        conforms(event);
+        assert_eq!(
+            hook.header("authorization"),
+            "",
+            "no token_file: no Authorization"
+        );
+    }
+    let one = |name: &str| events.iter().find(|e| e["event"] == name).unwrap().clone();
+    let lockout = one("lockout");
+    assert_eq!(lockout["user"], "alice@contoso.com");
+    assert_eq!(lockout["client_ip"], "192.0.2.3");
+    assert_eq!(
+        (
+            lockout["unfamiliar_failures"].as_u64(),
+            lockout["threshold"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert_eq!(lockout["mode"], "enforce");
+    assert_eq!(lockout["instance"], "gate-b");
+    let compromise = one("compromise_suspected");
+    assert_eq!(
+        (
+            compromise["user"].as_str(),
+            compromise["client_ip"].as_str()
+        ),
+        (Some("alice@contoso.com"), Some("203.0.113.50"))
+    );
+    let by_password = events.iter().find(|e| e["kind"] == "password").unwrap();
+    assert_eq!(
+        by_password["users"].as_array().unwrap().len(),
+        3,
+        "{by_password}"
+    );
+    assert_eq!(
+        by_password["client_ips"].as_array().unwrap().len(),
+        3,
+        "{by_password}"
+    );
+    let by_ip = events.iter().find(|e| e["kind"] == "ip").unwrap();
+    assert_eq!(by_ip["client_ip"], "198.51.100.66");
+    assert_eq!(by_ip["block"]["origin"], "spray");
+    let added = one("block_added");
+    assert_eq!(
+        (added["client_ip"].as_str(), added["block"]["id"].as_str()),
+        (Some("198.51.100.66"), by_ip["block"]["id"].as_str())
+    );
+    assert!(
+        gate.wait_until(Duration::from_secs(5), |g| alerts(g, "spray", "delivered")
+            == 2.0)
+    );
+    assert_eq!(alerts(&gate, "lockout", "delivered"), 1.0);
+    assert_eq!(alerts(&gate, "compromise_suspected", "delivered"), 1.0);
+    // No password, in any spelling, in any alert.
+    let bodies: String = receiver
+        .got()
+        .iter()
+        .map(|h| String::from_utf8_lossy(&h.body).into_owned())
+        .collect();
+    for pw in guesses.iter().chain(&[
+        RIGHT,
+        "correct horse &amp; battery",
+        "Winter2026!",
+        "Spring0",
+        "Spring3",
+    ]) {
+        assert!(!bodies.contains(pw), "{pw:?} in an alert");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_flushes_what_is_left() {
+    let upstream = Upstream::start().await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let secrets = secrets();
+    // A long backoff: only the final flush can deliver in time.
+    let gate = gate(
+        &upstream,
+        addr,
+        &secrets,
+        "backoff = \"1m\"\nmax_backoff = \"1m\"\n",
+    );
+    let (status, _) = gate.api(
+        "POST",
+        "/api/v1/blocks",
+        Some(r#"{"user": "dave@contoso.com", "ttl": "1h"}"#),
+    );
+    assert_eq!(status, 201);
+    assert!(gate.wait_stderr("alert delivery failed, will retry"));
+    let receiver = Receiver::serve(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        Duration::ZERO,
+    );
+    drop(gate.stop());
+    let got = receiver.got();
+    assert_eq!(got.len(), 1, "delivered by the final flush");
+    assert_eq!(got[0].json()["user"], "dave@contoso.com");
+}
