@@ -115,6 +115,7 @@ fn allowed(label: &str, value: &str) -> bool {
         "stage" => [
             "dynamic_block",
             "lockout",
+            "spray",
             "ip_country",
             "threat",
             "ip",
@@ -136,7 +137,25 @@ fn allowed(label: &str, value: &str) -> bool {
             "log_only",
         ]
         .contains(&value),
-        "result" => ["success", "failure"].contains(&value),
+        "result" => [
+            "success",
+            "failure",
+            "unknown",
+            "delivered",
+            "failed",
+            "dropped",
+        ]
+        .contains(&value),
+        // stsgate_alerts_total (PRODUCT.md §4.4)
+        "event" => [
+            "lockout",
+            "compromise_suspected",
+            "spray",
+            "block_added",
+            "block_removed",
+            "block_expired",
+        ]
+        .contains(&value),
         "class" => ["1xx", "2xx", "3xx", "4xx", "5xx", "error", "timeout"].contains(&value),
         "le" => value == "+Inf" || value.parse::<f64>().is_ok(),
         _ => true,
