@@ -211,3 +211,21 @@ async fn no_password_or_hash_appears_anywhere() {
         }
     }
 }
+
+#[tokio::test]
+async fn lockout_and_sprayed_passwords_survive_a_restart() {
+    let (gate, up) = start("30m").await;
+    for i in 0..3 {
+        signin(&gate, &up, "dave@contoso.com", &format!("d{i}"), "192.0.2.1").await;
+    }
+    for (user, from) in [("s1@contoso.com", "203.0.113.1"), ("s2@contoso.com", "203.0.113.2"), ("s3@contoso.com", "203.0.113.3")] {
+        signin(&gate, &up, user, "Autumn2026!", from).await;
+    }
+    // Written behind within a second; a graceful stop flushes it too.
+    std::thread::sleep(Duration::from_millis(1200));
+    let gate = gate.restart(true);
+    assert_eq!(signin(&gate, &up, "dave@contoso.com", "d9", "192.0.2.9").await, (500, false));
+    assert_eq!(signin(&gate, &up, "s4@contoso.com", "Autumn2026!", "203.0.113.4").await, (500, false));
+    let (_, locked) = gate.api("GET", "/api/v1/lockouts", None);
+    assert_eq!(locked[0]["user"], "dave@contoso.com", "{locked}");
+}

@@ -90,7 +90,7 @@ impl Secret {
 }
 
 /// A failure count within a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Count {
     n: u32,
     last_ms: u64,
@@ -119,8 +119,9 @@ impl Count {
     }
 }
 
-/// What the gate knows of one user.
-#[derive(Debug, Clone, Default)]
+/// What the gate knows of one user (kept in the embedded store as JSON:
+/// IPs, counts, times and keyed hashes; never a password).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct UserRecord {
     /// Familiar IPs and until when.
     familiar: Vec<(IpAddr, u64)>,
@@ -141,6 +142,18 @@ impl UserRecord {
         locations
             .iter()
             .all(|ip| self.familiar.iter().any(|(f, until)| f == ip && *until > now))
+    }
+
+    /// When everything in the record has ended.
+    fn end(&self, window_ms: u64) -> u64 {
+        let familiar = self.familiar.iter().map(|(_, t)| *t).max().unwrap_or(0);
+        let wrong = self.wrong.iter().map(|(_, t)| *t).max().unwrap_or(0);
+        let good = self.good.map_or(0, |(_, t)| t);
+        familiar
+            .max(wrong)
+            .max(good)
+            .max(self.unfamiliar.until(window_ms))
+            .max(self.familiar_count.until(window_ms))
     }
 
     fn is_stale(&self, now: u64, window_ms: u64) -> bool {
@@ -178,7 +191,8 @@ pub struct Locked {
 }
 
 /// What the STS answered to a forwarded sign-in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SignIn {
     /// A token was issued.
     Success,
@@ -186,12 +200,14 @@ pub enum SignIn {
     Failure,
 }
 
-/// What one answered sign-in teaches.
-#[derive(Debug, Clone)]
+/// What one answered sign-in teaches (shared between instances as JSON:
+/// the keyed hash as hex, never a password).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lesson {
     /// The user (any case).
     pub user: String,
     /// The password's keyed hash, when the request carried one.
+    #[serde(default, with = "crate::share::hex_key", skip_serializing_if = "Option::is_none")]
     pub password_key: Option<PasswordKey>,
     /// Every address the request carried (trusted proxies aside), client first.
     pub locations: Vec<IpAddr>,
@@ -223,6 +239,8 @@ pub struct Guard {
     sprayed: Mutex<HashMap<PasswordKey, u64>>,
     /// The settings last learned with (for the background purge).
     settings: Mutex<(Option<LockoutSettings>, Option<SpraySettings>)>,
+    /// Users and sprayed passwords changed since they were last written.
+    dirty: Mutex<(std::collections::HashSet<String>, Vec<PasswordKey>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -410,6 +428,7 @@ impl Guard {
                 return out;
             }
             let r = users.entry(user.clone()).or_default();
+            self.mark(&user);
             let familiar = r.is_familiar(&lesson.locations, now);
             r.wrong.retain(|(_, until)| *until > now);
             match lesson.result {
@@ -504,6 +523,7 @@ impl Guard {
                         let ips = std::mem::take(&mut w.ips);
                         by_pw.remove(&key);
                         lock(&self.sprayed).insert(key, until);
+                        lock(&self.dirty).1.push(key);
                         out.spray_password = Some(SprayAlert {
                             kind: "password",
                             client_ip: None,
@@ -555,6 +575,11 @@ impl Guard {
         let mut users = lock(&self.users);
         match users.get_mut(&user_key(user)) {
             Some(r) if r.unfamiliar.n > 0 || r.familiar_count.n > 0 || !r.wrong.is_empty() => {
+                let mut dirty = lock(&self.dirty);
+                if dirty.0.len() < MAX_USERS {
+                    dirty.0.insert(user_key(user));
+                }
+                drop(dirty);
                 r.unfamiliar = Count::default();
                 r.familiar_count = Count::default();
                 r.wrong.clear();
@@ -570,6 +595,109 @@ impl Guard {
         lock(&self.sprayed).values().filter(|u| **u > now).count()
     }
 
+    fn mark(&self, user: &str) {
+        let mut dirty = lock(&self.dirty);
+        if dirty.0.len() < MAX_USERS && !dirty.0.contains(user) {
+            dirty.0.insert(user.to_string());
+        }
+    }
+
+    /// Records for what changed since the last call (users and sprayed
+    /// passwords), to write to the embedded store: a user whose record is
+    /// gone is a removal.
+    pub fn take_changes(&self) -> Vec<crate::store::Change> {
+        use crate::store::{Change, Namespace, Record};
+        let (users_changed, sprayed_changed) = std::mem::take(&mut *lock(&self.dirty));
+        if users_changed.is_empty() && sprayed_changed.is_empty() {
+            return Vec::new();
+        }
+        let window = lock(&self.settings)
+            .0
+            .as_ref()
+            .map_or(0, |l| ms(l.observation_window));
+        let mut out = Vec::with_capacity(users_changed.len() + sprayed_changed.len());
+        {
+            let users = lock(&self.users);
+            for user in users_changed {
+                match users.get(&user) {
+                    Some(r) => out.push(Change::Put(Record {
+                        ns: Namespace::Users,
+                        value: serde_json::to_vec(r).unwrap_or_default(),
+                        expires_at_ms: r.end(window),
+                        key: user,
+                    })),
+                    None => out.push(Change::Remove {
+                        ns: Namespace::Users,
+                        key: user,
+                    }),
+                }
+            }
+        }
+        let sprayed = lock(&self.sprayed);
+        for key in sprayed_changed {
+            if let Some(until) = sprayed.get(&key) {
+                out.push(Change::Put(Record {
+                    ns: Namespace::Sprayed,
+                    key: hex(&key),
+                    value: Vec::new(),
+                    expires_at_ms: *until,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Every record the guard holds (a full rewrite of the embedded store).
+    pub fn snapshot(&self) -> Vec<crate::store::Change> {
+        {
+            let users: Vec<String> = lock(&self.users).keys().cloned().collect();
+            let keys: Vec<PasswordKey> = lock(&self.sprayed).keys().copied().collect();
+            let mut dirty = lock(&self.dirty);
+            dirty.0.extend(users);
+            dirty.1.extend(keys);
+        }
+        self.take_changes()
+    }
+
+    /// Restores what the embedded store held (at start).
+    pub fn restore(&self, records: &[crate::store::Record]) -> usize {
+        use crate::store::Namespace;
+        let now = crate::block::now_ms();
+        let mut n = 0;
+        for r in records.iter().filter(|r| r.expires_at_ms > now) {
+            match r.ns {
+                Namespace::Users => {
+                    if let Ok(record) = serde_json::from_slice::<UserRecord>(&r.value) {
+                        let mut users = lock(&self.users);
+                        if users.len() < MAX_USERS {
+                            users.insert(r.key.clone(), record);
+                            n += 1;
+                        }
+                    }
+                }
+                Namespace::Sprayed => {
+                    if let Some(key) = unhex(&r.key) {
+                        lock(&self.sprayed).insert(key, r.expires_at_ms);
+                    }
+                }
+                Namespace::Blocks => {}
+            }
+        }
+        n
+    }
+
+    /// The settings last learned with (`None`s before the first lesson,
+    /// unless [`Guard::remember`] set them).
+    pub fn settings(&self) -> (Option<LockoutSettings>, Option<SpraySettings>) {
+        lock(&self.settings).clone()
+    }
+
+    /// Sets the settings other instances' lessons are learned with until
+    /// this instance learns one itself (at start, from the rule file).
+    pub fn remember(&self, lockout: Option<&LockoutSettings>, spray: Option<&SpraySettings>) {
+        *lock(&self.settings) = (lockout.cloned(), spray.cloned());
+    }
+
     /// Drops what has ended, with the settings last learned with; the
     /// number of users locked now.
     pub fn purge_remembered(&self, now: u64) -> usize {
@@ -581,12 +709,37 @@ impl Guard {
     /// Drops what has ended.
     pub fn purge(&self, lockout: Option<&LockoutSettings>, spray: Option<&SpraySettings>, now: u64) {
         let window = lockout.map_or(0, |l| ms(l.observation_window));
-        lock(&self.users).retain(|_, r| !r.is_stale(now, window));
+        let mut gone = Vec::new();
+        lock(&self.users).retain(|u, r| {
+            let stale = r.is_stale(now, window);
+            if stale {
+                gone.push(u.clone());
+            }
+            !stale
+        });
+        for u in gone {
+            self.mark(&u);
+        }
         let spray_window = spray.map_or(0, |s| ms(s.window));
         lock(&self.by_ip).retain(|_, w| now < w.start_ms.saturating_add(spray_window));
         lock(&self.by_password).retain(|_, w| now < w.start_ms.saturating_add(spray_window));
         lock(&self.sprayed).retain(|_, until| *until > now);
     }
+}
+
+fn hex(key: &PasswordKey) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<PasswordKey> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Adds `user` (and `ip`) to a spray window; the users when they reach `threshold`.

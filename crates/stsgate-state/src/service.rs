@@ -251,6 +251,8 @@ pub struct GateState {
     /// Smart lockout and spray state.
     pub guard: crate::guard::Guard,
     secret: Mutex<Option<Arc<crate::guard::Secret>>>,
+    /// Lessons shared with other instances (crate::share).
+    outbox: crate::share::Outbox,
 }
 
 /// What [`GateState::add`] did.
@@ -308,6 +310,7 @@ impl GateState {
             events: Mutex::new(None),
             guard: crate::guard::Guard::new(),
             secret: Mutex::new(None),
+            outbox: crate::share::Outbox::default(),
         }
     }
 
@@ -327,6 +330,13 @@ impl GateState {
                 Err(e) if i == 0 => return Err(e),
                 Err(e) => self.store_failed(link, &e),
             }
+        }
+        // Smart lockout and sprayed passwords live in the embedded store.
+        if let Some(link) = self.links.iter().find(|l| l.store.kind() == StoreKind::Embedded) {
+            let mut records = link.store.load(Namespace::Users).await?;
+            records.extend(link.store.load(Namespace::Sprayed).await?);
+            let users = self.guard.restore(&records);
+            tracing::debug!(users, "smart lockout state loaded");
         }
         // Whatever one store lacks, its writer brings over.
         for link in &self.links {
@@ -364,6 +374,7 @@ impl GateState {
         spray: Option<&stsgate_rules::SpraySettings>,
     ) {
         let learned = self.guard.learn(lesson, lockout, spray);
+        self.share_lesson(lesson);
         if let Some(l) = learned.lockout {
             self.emit(StateEvent::Lockout(Arc::new(l)));
         }
@@ -579,11 +590,16 @@ impl GateState {
     /// before it returns.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
         let receivers = std::mem::take(&mut *lock(&self.receivers));
+        // The writers stop only after the last purge has queued what the
+        // guard learned, so a graceful stop loses nothing.
+        let (writers_stop, writers_stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for (link, rx) in receivers {
-            tasks.spawn(self.clone().writer(link, rx, stop.clone()));
+            tasks.spawn(self.clone().writer(link, rx, writers_stop_rx.clone()));
         }
-        tasks.spawn(self.clone().purge(stop));
+        self.clone().purge(stop).await;
+        self.purge_now();
+        let _ = writers_stop.send(true);
         while tasks.join_next().await.is_some() {}
     }
 
@@ -764,6 +780,10 @@ impl GateState {
                     }
                 }
             }
+            if link.store.kind() == StoreKind::Embedded {
+                // Lockout records written while the store was behind were not kept.
+                changes.extend(self.guard.snapshot());
+            }
             for chunk in changes.chunks(BATCH) {
                 link.store.apply(chunk).await?;
             }
@@ -801,6 +821,14 @@ impl GateState {
     pub fn purge_now(&self) {
         let now = now_ms();
         let locked = self.guard.purge_remembered(now);
+        // What lockout and spray detection learned this second, written
+        // behind (at most a second of learning is lost to a crash).
+        let changes = self.guard.take_changes();
+        if let Some(link) = self.links.iter().find(|l| l.store.kind() == StoreKind::Embedded) {
+            for change in changes {
+                link.send(change);
+            }
+        }
         self.metrics
             .users_locked
             .set(i64::try_from(locked).unwrap_or(i64::MAX));
@@ -826,6 +854,47 @@ impl GateState {
                 key: b.id.clone(),
             });
             self.emit(StateEvent::BlockExpired(b));
+        }
+    }
+}
+
+/// Lessons shared with other instances through Redis (crate::share).
+impl GateState {
+    /// Learns another instance's lesson with the settings this guard last
+    /// saw: the same counts, familiar IPs, wrong-password hashes and spray
+    /// windows as a local lesson, but no alert and no block (the instance
+    /// that learned it raises them; its blocks come through the blocks sync).
+    pub fn learn_remote(&self, lesson: &crate::guard::Lesson) {
+        let (lockout, spray) = self.guard.settings();
+        let _ = self.guard.learn(lesson, lockout.as_ref(), spray.as_ref());
+    }
+
+    /// A help-desk reset of a user's lockout counts, here and (with Redis)
+    /// on every instance. False when the user had nothing to clear here.
+    pub fn reset_lockout(&self, user: &str) -> bool {
+        let reset = self.guard.reset(user);
+        self.share(|| crate::share::Entry::Reset(crate::guard::user_key(user)));
+        reset
+    }
+
+    /// The sharing side of the state.
+    pub fn outbox(&self) -> &crate::share::Outbox {
+        &self.outbox
+    }
+
+    /// Queues a local lesson for the other instances (never waits).
+    fn share_lesson(&self, lesson: &crate::guard::Lesson) {
+        self.share(|| crate::share::entry_of(lesson));
+    }
+
+    fn share(&self, entry: impl FnOnce() -> crate::share::Entry) {
+        if !self.outbox.offer(entry) {
+            // Full: dropped and counted; this instance still learned it.
+            self.metrics
+                .state_errors
+                .with_label_values(&[StoreKind::Redis.as_str()])
+                .inc();
+            tracing::debug!("lesson queue for redis full: lesson not shared");
         }
     }
 }

@@ -14,6 +14,11 @@ use std::pin::Pin;
 pub enum Namespace {
     /// Dynamic blocks, keyed by block id; the value is the block as JSON.
     Blocks,
+    /// Smart lockout per user (counts, familiar IPs, keyed hashes of wrong
+    /// passwords), keyed by the lower-case user; embedded store only.
+    Users,
+    /// Sprayed passwords (keyed hashes, hex) and until when; embedded store only.
+    Sprayed,
 }
 
 impl Namespace {
@@ -21,6 +26,8 @@ impl Namespace {
     pub const fn as_str(self) -> &'static str {
         match self {
             Namespace::Blocks => "block",
+            Namespace::Users => "user",
+            Namespace::Sprayed => "sprayed",
         }
     }
 }
