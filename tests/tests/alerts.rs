@@ -616,3 +616,38 @@ async fn a_shutdown_flushes_what_is_left() {
     assert_eq!(got.len(), 1, "delivered by the final flush");
     assert_eq!(got[0].json()["user"], "dave@contoso.com");
 }
+
+#[test]
+fn check_and_run_refuse_bad_alert_files_where_the_config_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), OPEN_RULES).unwrap();
+    std::fs::write(dir.path().join("short.key"), "Sh0rt-Key\n").unwrap();
+    let config = dir.path().join("stsgate.toml");
+    std::fs::write(
+        &config,
+        "rules = \"r.toml\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[admin]\naddr = \"127.0.0.1:0\"\n[state]\ndir = \"state\"\n[alerts]\nwebhook_url = \"https://soar.example.com/hook\"\ntoken_file = \"missing.token\"\nsigning_key_file = \"short.key\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (code, out, err) = stsgate(&["check", "--config", &config]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{config}:10:14: alerts.token_file: cannot read")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{config}:11:20: alerts.signing_key_file: "))
+            && err.contains("shorter than 16"),
+        "{err}"
+    );
+    let (code, out, err) = stsgate(&["run", "--config", &config]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("{config}:10:14: alerts.token_file: cannot read")),
+        "{err}"
+    );
+    assert!(
+        !format!("{out}{err}").contains("Sh0rt-Key"),
+        "the key is never shown"
+    );
+}

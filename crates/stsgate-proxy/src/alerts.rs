@@ -259,6 +259,12 @@ impl AlertSender {
         }))
     }
 
+    /// What `stsgate check` reports about `[alerts]`: [`AlertSender::new`]'s
+    /// errors, nothing registered anywhere.
+    pub fn check(config: &Config) -> Result<(), Vec<SourceError>> {
+        AlertSender::new(config, &Registry::new()).map(|_| ())
+    }
+
     /// The queue's sending side, for `GateState::set_sink`.
     pub fn sink(&self) -> Arc<AlertQueue> {
         Arc::new(self.queue.clone())

@@ -112,6 +112,9 @@ fn run(path: &Path) -> Report {
         if let Err(errors) = stsgate_proxy::preflight::open(config) {
             report.errors.extend(errors);
         }
+        if let Err(errors) = stsgate_proxy::alerts::AlertSender::check(config) {
+            report.errors.extend(errors);
+        }
     }
     if let Some(rules) = &rules {
         report.warnings.extend(rules.warnings.iter().cloned());
