@@ -244,7 +244,7 @@ stsgate demo is running.
 
   gate      http://{listen}   (rules: {d}/rules/example.toml, reloaded on save)
   demo STS  http://{sts}   (answers like ADFS; the password "demo" signs in)
-  admin     http://{admin}/metrics  /healthz  /readyz  /api/v1/reload
+  admin     http://{admin}/metrics  /healthz  /readyz  /api/v1/{{reload,blocks,lockouts,explain}}
   files     {d}
 
 Try:
@@ -267,7 +267,17 @@ Try:
   # forwarded without a decision: metadata exchange carries no credential
   curl -si http://{listen}/adfs/services/trust/mex
 
-  # why? the same decision offline, stage by stage
+  # block a client IP for 4 hours through the API (what a SOAR playbook does)
+  curl -si -X POST -H 'Authorization: Bearer {token}' http://{admin}/api/v1/blocks -d '{{"ip": "203.0.113.7", "ttl": "4h", "reason": "demo"}}'
+
+  # refused: that client now, in stage 2 (dynamic_block), whatever the rules say
+  {post} -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync' -H 'X-MS-Forwarded-Client-IP: 203.0.113.7' --data-binary @{good}
+
+  # the live blocks and locked users, from the shell
+  {bin} block list --config {config}
+  {bin} lockout list --config {config}
+
+  # why? the same decision, stage by stage (asks the running gate for its live state)
   {bin} explain --config {config} --peer 127.0.0.1 --ip 5.143.7.7 -H 'X-MS-Client-Application: Microsoft.Exchange.ActiveSync'
 
   # what happened so far
