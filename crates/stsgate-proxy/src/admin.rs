@@ -182,7 +182,7 @@ impl Admin {
             }
             (&Method::DELETE, "/api/v1/lockouts/{user}") => {
                 let user = percent_decode(id);
-                if self.gate.state.guard.reset(&user) {
+                if self.gate.state.reset_lockout(&user) {
                     tracing::info!(user = %stsgate_state::guard::user_key(&user), "lockout reset through the API");
                     let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;

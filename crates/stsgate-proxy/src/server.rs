@@ -81,6 +81,10 @@ pub async fn open_state(
         )
     })?;
     state.set_secret(secret);
+    // With Redis, every instance hashes passwords with the same key.
+    if let Some(redis) = &redis {
+        stsgate_state::share::adopt_secret(&state, redis, &config.state.dir).await;
+    }
     let n = state.load().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(dir = %config.state.dir.display(), redis = redis.as_ref().map(|r| r.url()).unwrap_or("none"), blocks = n, "gate state loaded");
     Ok((state, redis))
@@ -121,6 +125,9 @@ impl Server {
         }
         let token = files.admin_token;
         let (state, redis) = open_state(&config, &metrics).await?;
+        // Other instances' lessons are learned with these until this one learns its own.
+        let current = rules.current();
+        state.guard.remember(current.lockout.as_ref(), current.spray.as_ref());
         // Alerts: the state's events go to the alert queue (never waiting).
         let alerts =
             crate::alerts::AlertSender::new(&config, metrics.registry()).map_err(|errors| {
@@ -235,7 +242,11 @@ impl Server {
         let redis_task = self
             .redis
             .clone()
-            .map(|r| tokio::spawn(r.follow(self.gate.state.clone(), state_stop_rx)));
+            .map(|r| tokio::spawn(r.follow(self.gate.state.clone(), state_stop_rx.clone())));
+        // Lessons shared with the other instances (stsgate_state::share).
+        let share_task = self.redis.clone().map(|r| {
+            tokio::spawn(stsgate_state::share::run(r, self.gate.state.clone(), state_stop_rx))
+        });
         // The alert sender outlives the state's tasks, then flushes (bounded).
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);
         let alerts_task = self
@@ -275,6 +286,9 @@ impl Server {
         let _ = state_stop.send(true);
         let _ = state_task.await;
         if let Some(t) = redis_task {
+            let _ = t.await;
+        }
+        if let Some(t) = share_task {
             let _ = t.await;
         }
         let _ = alerts_stop.send(true);

@@ -15,6 +15,7 @@ pub mod embedded;
 pub mod guard;
 pub mod redis;
 pub mod service;
+pub mod share;
 pub mod stage;
 pub mod store;
 

@@ -489,6 +489,43 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+// ---- used by lesson sharing (crate::share) ----
+
+impl RedisStore {
+    /// This process's random run id (in its messages and lesson entries).
+    pub fn run_id(&self) -> &str {
+        &self.run
+    }
+
+    /// This gate's instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// A connection of its own, for blocking reads (`XREAD BLOCK`) that must
+    /// not hold up the shared one; each call on it is bounded by `response`.
+    pub async fn dedicated(&self, response: Duration) -> Result<MultiplexedConnection, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(response));
+        match tokio::time::timeout(
+            TIMEOUT,
+            self.client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.err("connect", e)),
+            Err(_) => Err(self.err("connect", "timed out")),
+        }
+    }
+
+    /// An error about this Redis (the URL's password masked).
+    pub fn error(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        self.err(what, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
