@@ -592,6 +592,11 @@ async fn bodies_over_max_body_are_refused_on_filtered_paths_only() {
         3,
         "{log:?}"
     );
+    assert_eq!(
+        gate.metric("stsgate_rejected_requests_total{reason=\"body_too_large\"}"),
+        3.0,
+        "every 413 is counted"
+    );
 
     // not filtered: the same sizes are forwarded whole
     assert_eq!(status(with_length("/adfs/ls/", 4096)).await.unwrap(), 200);

@@ -42,9 +42,10 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     /// `X-MS-Client-Application`.
     pub application: Option<Cow<'a, str>>,
-    /// `X-MS-Client-User-Agent` (set by Exchange Online), or the client's own
-    /// `User-Agent` when that is absent (a client talking to the farm directly).
+    /// `X-MS-Client-User-Agent` (set by Exchange Online).
     pub user_agent: Option<Cow<'a, str>>,
+    /// The client's own `User-Agent` (a client talking to the farm directly).
+    pub http_user_agent: Option<Cow<'a, str>>,
     /// The user name from the request's credentials.
     pub user: Option<String>,
     /// The keyed hash of the request's password (never the password).
@@ -73,8 +74,8 @@ impl<'a> RequestFacts<'a> {
         RequestFacts {
             path,
             application: header_text(headers, &X_MS_CLIENT_APPLICATION),
-            user_agent: header_text(headers, &X_MS_CLIENT_USER_AGENT)
-                .or_else(|| header_text(headers, &header::USER_AGENT)),
+            user_agent: header_text(headers, &X_MS_CLIENT_USER_AGENT),
+            http_user_agent: header_text(headers, &header::USER_AGENT),
             user,
             password_key,
             country,
@@ -83,12 +84,18 @@ impl<'a> RequestFacts<'a> {
         }
     }
 
+    /// The user agent the decision log shows: `X-MS-Client-User-Agent`, else `User-Agent`.
+    pub fn shown_user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref().or(self.http_user_agent.as_deref())
+    }
+
     /// The facts as the stages read them.
     pub fn facts(&self) -> Facts<'_> {
         Facts {
             path: self.path,
             user: self.user.as_deref(),
             password_key: self.password_key,
+            http_user_agent: self.http_user_agent.as_deref(),
             now_ms: self.now_ms,
             ..self.addrs.facts(
                 self.application.as_deref(),

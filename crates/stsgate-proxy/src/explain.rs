@@ -239,7 +239,7 @@ pub fn explain(
         client_ip_note,
         user: request.user.clone(),
         application: request.application.as_deref().map(str::to_string),
-        user_agent: request.user_agent.as_deref().map(str::to_string),
+        user_agent: request.shown_user_agent().map(str::to_string),
         country: request.country.map(|c| c.as_str().to_string()),
         state: state.to_string(),
         steps: steps

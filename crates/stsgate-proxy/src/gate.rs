@@ -297,7 +297,7 @@ impl Gate {
             client_ip: Some(request.addrs.client),
             user: request.user.as_deref().map(bounded),
             application: request.application.as_deref().map(bounded),
-            user_agent: request.user_agent.as_deref().map(bounded),
+            user_agent: request.shown_user_agent().map(bounded),
             path: Some(bounded(request.path)),
             stage: verdict.stage.as_str(),
             action: verdict.action.as_str(),
@@ -316,7 +316,12 @@ impl Gate {
     /// A filtered request the gate cannot read (too large, too slow,
     /// malformed): answered with its 4xx, counted and logged.
     fn reject(&self, parts: &http::request::Parts, conn: Conn, status: StatusCode) -> Response<Body> {
-        self.metrics.decision(Stage::None, Action::Refuse);
+        let reason = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::REQUEST_TIMEOUT => "body_timeout",
+            _ => "bad_request",
+        };
+        self.metrics.rejected.with_label_values(&[reason]).inc();
         let response = blocked::answer(Refusal::ClientError(status));
         self.log.send(Event {
             peer_ip: Some(conn.peer),

@@ -72,6 +72,9 @@ pub struct Metrics {
     upstream_duration: Histogram,
     /// `stsgate_signins_total{result}`: what the STS answered.
     pub signins: IntCounterVec,
+    /// `stsgate_rejected_requests_total{reason}`: filtered requests the gate
+    /// could not read (400, 408, 413).
+    pub rejected: IntCounterVec,
     /// Decision log events dropped because the writer fell behind.
     pub log_dropped: IntCounter,
     /// Forwarded-IP headers that did not parse.
@@ -155,6 +158,11 @@ impl Metrics {
                 "Forwarded sign-ins by what the STS answered: success, failure, unknown.",
                 &["result"],
             ),
+            rejected: counter_vec(
+                "stsgate_rejected_requests_total",
+                "Filtered requests answered 400, 408 or 413 before any decision, by reason.",
+                &["reason"],
+            ),
             log_dropped: counter(
                 "stsgate_decision_log_dropped_total",
                 "Decision log events dropped because the writer fell behind.",
@@ -216,6 +224,9 @@ impl Metrics {
         }
         for result in ["success", "failure", "unknown"] {
             m.signins.with_label_values(&[result]).reset();
+        }
+        for reason in ["bad_request", "body_timeout", "body_too_large"] {
+            m.rejected.with_label_values(&[reason]).reset();
         }
         for class in 1..UpstreamClass::LABELS.len() {
             m.upstream_responses

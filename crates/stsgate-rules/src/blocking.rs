@@ -21,6 +21,8 @@ pub struct RequestBlocking {
     pub application: Option<TextList>,
     /// `[request_blocking.user_agent]`.
     pub user_agent: Option<TextList>,
+    /// The header the user agent list reads.
+    pub user_agent_header: crate::model::UserAgentHeader,
 }
 
 impl RequestBlocking {
@@ -33,6 +35,7 @@ impl RequestBlocking {
             ip: None,
             application: None,
             user_agent: None,
+            user_agent_header: crate::model::UserAgentHeader::Auto,
         }
     }
 
@@ -50,6 +53,11 @@ impl RequestBlocking {
                 .user_agent
                 .as_ref()
                 .map(|l| c.text_list(l.rule, &l.entries)),
+            user_agent_header: raw
+                .user_agent
+                .as_ref()
+                .and_then(|l| l.header)
+                .unwrap_or_default(),
         }
     }
 
@@ -81,7 +89,14 @@ impl RequestBlocking {
                 .map(|l| (Stage::Application, l.rule, l.fires(facts.application))),
             self.user_agent
                 .as_ref()
-                .map(|l| (Stage::UserAgent, l.rule, l.fires(facts.user_agent))),
+                .map(|l| {
+                    let value = match self.user_agent_header {
+                        crate::model::UserAgentHeader::Auto => facts.user_agent(),
+                        crate::model::UserAgentHeader::MsClient => facts.user_agent,
+                        crate::model::UserAgentHeader::UserAgent => facts.http_user_agent,
+                    };
+                    (Stage::UserAgent, l.rule, l.fires(value))
+                }),
         ];
         let mut first_block: Option<(Stage, &'static str, Option<&'r Entry>)> = None;
         let (mut configured, mut blocking) = (0, 0);

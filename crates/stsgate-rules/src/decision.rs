@@ -212,6 +212,8 @@ pub struct Facts<'a> {
     pub application: Option<&'a str>,
     /// `X-MS-Client-User-Agent`, if present.
     pub user_agent: Option<&'a str>,
+    /// The client's own `User-Agent`, if present.
+    pub http_user_agent: Option<&'a str>,
     /// The client's country, when the rules need it ([`crate::RuleSet::needs_country`]).
     pub country: Option<Country>,
     /// The TCP peer (canonical). Unspecified when not known (unit tests).
@@ -239,6 +241,7 @@ impl<'a> Facts<'a> {
             addresses: &[],
             application: None,
             user_agent: None,
+            http_user_agent: None,
             country: None,
             peer: client_ip,
             carried: &[],
@@ -247,6 +250,12 @@ impl<'a> Facts<'a> {
             now_ms: 0,
             password_key: None,
         }
+    }
+
+    /// The user agent a list reads by default: `X-MS-Client-User-Agent` when
+    /// present, else the client's own `User-Agent`.
+    pub fn user_agent(&self) -> Option<&'a str> {
+        self.user_agent.or(self.http_user_agent)
     }
 
     /// Every address the request carries (see [`Facts::carried`]).

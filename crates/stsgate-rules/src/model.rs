@@ -35,8 +35,9 @@ pub struct RawRequestBlocking {
     pub ip: Option<RawList>,
     /// `[request_blocking.application]`: X-MS-Client-Application.
     pub application: Option<RawList>,
-    /// `[request_blocking.user_agent]`: X-MS-Client-User-Agent.
-    pub user_agent: Option<RawList>,
+    /// `[request_blocking.user_agent]`: X-MS-Client-User-Agent, or the
+    /// client's own User-Agent (see `header`).
+    pub user_agent: Option<RawUserAgentList>,
 }
 
 /// One list section: its rule and its entries.
@@ -48,6 +49,36 @@ pub struct RawList {
     /// The entries, each kept with its position in the file.
     #[serde(default)]
     pub entries: Vec<Spanned<String>>,
+}
+
+/// `[request_blocking.user_agent]`: a list and the header it reads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUserAgentList {
+    /// `allow` or `deny`.
+    pub rule: ListRule,
+    /// The entries, each kept with its position in the file.
+    #[serde(default)]
+    pub entries: Vec<Spanned<String>>,
+    /// Which header: `auto` (default), `x-ms-client-user-agent`, `user-agent`.
+    pub header: Option<UserAgentHeader>,
+}
+
+/// Which header a user agent list reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum UserAgentHeader {
+    /// `X-MS-Client-User-Agent` when the request carries it (Exchange Online
+    /// sets it), the client's own `User-Agent` otherwise (a client talking to
+    /// the farm directly).
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// Only `X-MS-Client-User-Agent`.
+    #[serde(rename = "x-ms-client-user-agent")]
+    MsClient,
+    /// Only `User-Agent`.
+    #[serde(rename = "user-agent")]
+    UserAgent,
 }
 
 /// `[adaptive]`.

@@ -399,3 +399,32 @@ fn trace_names_every_stage() {
     );
     assert_eq!(steps[3].entry.map(|e| e.line), Some(12));
 }
+
+#[test]
+fn user_agent_header_per_section() {
+    let with = |header: &str, ms: Option<&str>, own: Option<&str>| {
+        let text = format!(
+            "[request_blocking.user_agent]\nrule = \"deny\"\nentries = [\"python\"]\n{header}"
+        );
+        rules(&text)
+            .decide(&Facts {
+                user_agent: ms,
+                http_user_agent: own,
+                ..Facts::new(ip("1.1.1.1"))
+            })
+            .action
+    };
+    let (py, phone) = (Some("python-requests/2.31"), Some("Apple-iPhone/1"));
+    // auto (default): X-MS-Client-User-Agent when present, User-Agent otherwise.
+    assert_eq!(with("", None, py), Action::Refuse);
+    assert_eq!(with("", phone, py), Action::Forward);
+    assert_eq!(with("header = \"auto\"", py, phone), Action::Refuse);
+    assert_eq!(with("header = \"x-ms-client-user-agent\"", None, py), Action::Forward);
+    assert_eq!(with("header = \"user-agent\"", phone, py), Action::Refuse);
+    assert!(RuleSet::compile(
+        "r.toml",
+        "[request_blocking.user_agent]\nrule = \"deny\"\nentries = [\"x\"]\nheader = \"agent\"\n",
+        &NoFeeds
+    )
+    .is_err());
+}
