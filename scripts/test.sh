@@ -16,6 +16,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# MSAL Python: tests/tests/msal.rs sends sign-ins with its WS-Trust request builder.
+python3 -c 'import msal' 2>/dev/null || python3 -m pip install --quiet msal
+
 # The fuzz targets must keep building (fuzzing itself: fuzz/run.sh).
 cargo build --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
 cargo test --workspace --all-targets
