@@ -160,7 +160,8 @@ impl Gate {
             ),
             None => (None, None),
         };
-        let (verdict, request, mut event) = self.decide(&rules, &parts, conn, user, password_key);
+        let (verdict, request, mut event, in_flight) =
+            self.decide(&rules, &parts, conn, user, password_key);
         self.metrics.decision(verdict.stage, verdict.action);
         let response = match verdict.action {
             Action::Refuse => {
@@ -191,6 +192,8 @@ impl Gate {
                     let signin = self.watch_answer(&rules, &request, r, took);
                     event.signin = Some(signin);
                 }
+                // Learned (or failed): no longer a guess in flight.
+                drop(in_flight);
                 self.answer(answer.map(|r| r.map(proxy_body::full)), started)
             }
         };
@@ -269,7 +272,12 @@ impl Gate {
         conn: Conn,
         user: Option<String>,
         password_key: Option<stsgate_state::PasswordKey>,
-    ) -> (Verdict, OwnedFacts, Event) {
+    ) -> (
+        Verdict,
+        OwnedFacts,
+        Event,
+        Option<stsgate_state::guard::InFlight<'_>>,
+    ) {
         let blocks = self.state.table();
         let request = RequestFacts::build(
             conn.peer,
@@ -285,13 +293,20 @@ impl Gate {
             self.metrics.bad_forwarded_headers.inc();
             tracing::warn!(peer = %conn.peer, header = %header, problem = %problem, "forwarded-IP header ignored");
         }
+        let facts = request.facts();
         let verdict = Verdict::from(corridor::decide(
-            &request.facts(),
+            &facts,
             &blocks,
             &self.state.guard,
             rules,
             &mut (),
         ));
+        // A sign-in that goes upstream counts as a guess in flight until its
+        // answer is learned, so a burst cannot outrun the thresholds.
+        let learns = rules.lockout.as_ref().is_some_and(|l| l.enabled)
+            || rules.spray.as_ref().is_some_and(|s| s.enabled);
+        let in_flight = (learns && verdict.action.forwards() && facts.user.is_some())
+            .then(|| self.state.guard.in_flight(&facts));
         let event = Event {
             peer_ip: Some(conn.peer),
             client_ip: Some(request.addrs.client),
@@ -310,7 +325,7 @@ impl Gate {
             user: request.user,
             password_key: request.password_key,
         };
-        (verdict, owned, event)
+        (verdict, owned, event, in_flight)
     }
 
     /// A filtered request the gate cannot read (too large, too slow,

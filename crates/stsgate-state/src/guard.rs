@@ -103,6 +103,15 @@ impl Count {
         self.n >= threshold && now < self.last_ms.saturating_add(window_ms)
     }
 
+    /// The failures that still count at `now`.
+    fn live(&self, threshold: u32, window_ms: u64, now: u64) -> u32 {
+        if self.n < threshold && now >= self.last_ms.saturating_add(window_ms) {
+            0
+        } else {
+            self.n
+        }
+    }
+
     fn until(&self, window_ms: u64) -> u64 {
         self.last_ms.saturating_add(window_ms)
     }
@@ -230,9 +239,57 @@ pub struct Learned {
     pub spray_password: Option<SprayAlert>,
 }
 
+/// Sign-ins forwarded and not answered yet: counted with the answered
+/// failures, so guesses sent while the STS is still answering the one that
+/// reaches a threshold do not get through.
+#[derive(Default)]
+struct Pending {
+    /// Unfamiliar sign-ins in flight per user, by password key (zeros when none).
+    by_user: HashMap<String, Vec<PasswordKey>>,
+    /// Users with a sign-in in flight, per password key.
+    by_password: HashMap<PasswordKey, Vec<String>>,
+}
+
+/// A forwarded sign-in, counted in flight until dropped (after its answer
+/// was learned, or when the upstream failed).
+pub struct InFlight<'g> {
+    guard: &'g Guard,
+    /// Registered in `by_user`: the user and the key (zeros when none).
+    by_user: Option<(String, PasswordKey)>,
+    /// Registered in `by_password`: the key and the user (empty when none).
+    by_password: Option<(PasswordKey, String)>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut p = lock(&self.guard.pending);
+        if let Some((user, key)) = &self.by_user {
+            if let Some(v) = p.by_user.get_mut(user) {
+                if let Some(i) = v.iter().position(|k| k == key) {
+                    v.swap_remove(i);
+                }
+                if v.is_empty() {
+                    p.by_user.remove(user);
+                }
+            }
+        }
+        if let Some((key, user)) = &self.by_password {
+            if let Some(v) = p.by_password.get_mut(key) {
+                if let Some(i) = v.iter().position(|u| u == user) {
+                    v.swap_remove(i);
+                }
+                if v.is_empty() {
+                    p.by_password.remove(key);
+                }
+            }
+        }
+    }
+}
+
 /// Smart lockout and spray state.
 #[derive(Default)]
 pub struct Guard {
+    pending: Mutex<Pending>,
     users: Mutex<HashMap<String, UserRecord>>,
     by_ip: Mutex<HashMap<IpAddr, SprayWindow>>,
     by_password: Mutex<HashMap<PasswordKey, SprayWindow>>,
@@ -276,12 +333,35 @@ impl Guard {
         match (lockout.filter(|l| l.enabled), facts.user) {
             (Some(l), Some(user)) => {
                 let window = ms(l.observation_window);
+                let key = user_key(user);
                 let users = lock(&self.users);
-                let found = users.get(&user_key(user)).and_then(|r| {
-                    let familiar = r.is_familiar(facts.locations(), now);
+                let record = users.get(&key);
+                let familiar = record.is_some_and(|r| r.is_familiar(facts.locations(), now));
+                let mut found = record.and_then(|r| {
                     let count = if familiar { r.familiar_count } else { r.unfamiliar };
                     count.locked(l.threshold, window, now).then_some(familiar)
                 });
+                if found.is_none() && !familiar {
+                    // Answered failures and unfamiliar guesses still in flight.
+                    let pending = lock(&self.pending);
+                    if let Some(flying) = pending.by_user.get(&key) {
+                        let wrong = |k: &PasswordKey| {
+                            record.is_some_and(|r| r.wrong.iter().any(|(w, t)| w == k && *t > now))
+                        };
+                        let mut distinct: Vec<&PasswordKey> = Vec::new();
+                        for k in flying.iter().filter(|k| !wrong(k)) {
+                            if !distinct.contains(&k) {
+                                distinct.push(k);
+                            }
+                        }
+                        let answered = record.map_or(0, |r| r.unfamiliar.live(l.threshold, window, now));
+                        if !distinct.is_empty()
+                            && answered + distinct.len() as u32 >= l.threshold
+                        {
+                            found = Some(false);
+                        }
+                    }
+                }
                 drop(users);
                 match found {
                     Some(familiar) => {
@@ -340,10 +420,30 @@ impl Guard {
             )),
         }
         match (spray.filter(|s| s.enabled), facts.password_key) {
-            (Some(_), Some(key)) => {
-                let sprayed = lock(&self.sprayed)
+            (Some(s), Some(key)) => {
+                let mut sprayed = lock(&self.sprayed)
                     .get(&key)
                     .is_some_and(|until| *until > now);
+                if !sprayed {
+                    // Users it failed for in the window, and users it is in flight for.
+                    let by_pw = lock(&self.by_password);
+                    let failed: &[String] = by_pw
+                        .get(&key)
+                        .filter(|w| now < w.start_ms.saturating_add(ms(s.window)))
+                        .map_or(&[], |w| &w.users);
+                    let pending = lock(&self.pending);
+                    if let Some(flying) = pending.by_password.get(&key) {
+                        let this = facts.user.map(user_key).unwrap_or_default();
+                        let mut others: Vec<&String> = Vec::new();
+                        for u in flying.iter().filter(|u| **u != this && !failed.contains(u)) {
+                            if !others.contains(&u) {
+                                others.push(u);
+                            }
+                        }
+                        sprayed = !others.is_empty()
+                            && failed.len() + others.len() >= s.same_password_users as usize;
+                    }
+                }
                 if sprayed {
                     trace.step(step(
                         Stage::Spray,
@@ -385,6 +485,39 @@ impl Guard {
             )),
         }
         noted.map_or(Flow::Continue, Flow::StepUp)
+    }
+
+    /// Counts a forwarded sign-in as in flight until the token is dropped
+    /// (hold it until its answer has been learned).
+    pub fn in_flight(&self, facts: &Facts<'_>) -> InFlight<'_> {
+        let user = facts.user.map(user_key);
+        let key = facts.password_key;
+        let unfamiliar = user.as_ref().is_some_and(|u| {
+            !lock(&self.users)
+                .get(u)
+                .is_some_and(|r| r.is_familiar(facts.locations(), facts.now_ms))
+        });
+        let mut p = lock(&self.pending);
+        let mut held = InFlight {
+            guard: self,
+            by_user: None,
+            by_password: None,
+        };
+        if let (true, Some(u)) = (unfamiliar, &user) {
+            if p.by_user.len() < MAX_SPRAY_KEYS || p.by_user.contains_key(u) {
+                let k = key.unwrap_or_default();
+                p.by_user.entry(u.clone()).or_default().push(k);
+                held.by_user = Some((u.clone(), k));
+            }
+        }
+        if let Some(k) = key {
+            if p.by_password.len() < MAX_SPRAY_KEYS || p.by_password.contains_key(&k) {
+                let u = user.clone().unwrap_or_default();
+                p.by_password.entry(k).or_default().push(u.clone());
+                held.by_password = Some((k, u));
+            }
+        }
+        held
     }
 
     /// Is this request a correct password from an unfamiliar location while
@@ -495,8 +628,12 @@ impl Guard {
         if let (Some(s), SignIn::Failure) = (spray.filter(|s| s.enabled), lesson.result) {
             let window = ms(s.window);
             let until = now.saturating_add(ms(s.block_for));
-            // One client IP failing for many users.
-            {
+            // One client IP failing for many users (a user failing from a
+            // place they sign in from, an office's mistypes, does not count).
+            let familiar_here = lock(&self.users)
+                .get(&user)
+                .is_some_and(|r| r.is_familiar(&lesson.locations, now));
+            if !familiar_here {
                 let mut by_ip = lock(&self.by_ip);
                 if by_ip.len() < MAX_SPRAY_KEYS || by_ip.contains_key(&lesson.client_ip) {
                     let w = by_ip.entry(lesson.client_ip).or_default();
@@ -896,6 +1033,33 @@ mod tests {
         assert!(g.compromise(&facts, &l).is_some(), "the right password from an unfamiliar IP while locked");
         let wrong = Facts { password_key: Some([99; 16]), ..facts };
         assert!(g.compromise(&wrong, &l).is_none());
+    }
+
+    #[test]
+    fn guesses_in_flight_count_toward_the_thresholds() {
+        let g = Guard::new();
+        let (l, s) = (lockout(), spray());
+        let facts = |user: &'static str, pw: u8, from: &'static str| {
+            let locations: &'static [IpAddr] = Box::leak(Box::new([ip(from)]));
+            Facts { user: Some(user), password_key: Some([pw; 16]), carried: locations, now_ms: 1000, ..Facts::new(ip(from)) }
+        };
+        let run = |f: &Facts<'_>| match g.decide(f, Some(&l), Some(&s), &mut ()) {
+            Flow::Final(d) => d.stage,
+            _ => Stage::None,
+        };
+        // Three distinct guesses at one user in flight at once: the fourth is refused.
+        let a = facts("eve@x", 1, "192.0.2.1");
+        let b = facts("eve@x", 2, "192.0.2.2");
+        let c = facts("eve@x", 3, "192.0.2.3");
+        let (ha, hb, hc) = (g.in_flight(&a), g.in_flight(&b), g.in_flight(&c));
+        assert_eq!(run(&facts("eve@x", 4, "192.0.2.4")), Stage::Lockout);
+        // One password in flight for three users: the fourth is refused.
+        let flying: Vec<_> = ["p@x", "q@x", "r@x"].iter().map(|u| g.in_flight(&facts(u, 50, "198.51.100.1"))).collect();
+        assert_eq!(run(&facts("s@x", 50, "198.51.100.2")), Stage::Spray);
+        drop((ha, hb, hc));
+        drop(flying);
+        assert_eq!(run(&facts("eve@x", 4, "192.0.2.4")), Stage::None, "answered: counts come from the answers again");
+        assert_eq!(run(&facts("s@x", 50, "198.51.100.2")), Stage::None);
     }
 
     #[test]
