@@ -422,8 +422,11 @@ fn apply(
     state.outbox().received.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A stream entry's fields, in order.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// `XREAD`'s reply (RESP2 arrays or RESP3 maps) as (id, fields).
-fn entries(value: Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn entries(value: Value) -> Vec<(String, Fields)> {
     let streams: Vec<Value> = match value {
         Value::Array(v) => v
             .into_iter()
@@ -446,7 +449,7 @@ fn entries(value: Value) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
                 continue;
             }
             let fields = pair.pop();
-            let Some(id) = pair.pop().and_then(|v| text(v)) else {
+            let Some(id) = pair.pop().and_then(text) else {
                 continue;
             };
             let mut kv = Vec::new();
