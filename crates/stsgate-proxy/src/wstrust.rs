@@ -125,6 +125,9 @@ enum Wanted {
     Other,
 }
 
+/// Room for a whole name when text must be unescaped: one allocation.
+const OWNED: usize = 64;
+
 /// Text read from one element: borrowed while it is one piece.
 enum Text<'a> {
     Empty,
@@ -137,7 +140,7 @@ impl<'a> Text<'a> {
         match self {
             Text::Empty => *self = Text::Borrowed(piece),
             Text::Borrowed(first) => {
-                let mut owned = String::with_capacity(first.len() + piece.len());
+                let mut owned = String::with_capacity((first.len() + piece.len()).max(OWNED));
                 owned.push_str(first);
                 owned.push_str(piece);
                 *self = Text::Owned(owned);
@@ -148,9 +151,13 @@ impl<'a> Text<'a> {
 
     fn push_char(&mut self, c: char) {
         match self {
-            Text::Empty => *self = Text::Owned(c.to_string()),
+            Text::Empty => {
+                let mut owned = String::with_capacity(OWNED);
+                owned.push(c);
+                *self = Text::Owned(owned);
+            }
             Text::Borrowed(first) => {
-                let mut owned = String::with_capacity(first.len() + 4);
+                let mut owned = String::with_capacity((first.len() + 4).max(OWNED));
                 owned.push_str(first);
                 owned.push(c);
                 *self = Text::Owned(owned);
