@@ -830,6 +830,10 @@ fn curl_request(words: &[String]) -> (SocketAddr, Vec<u8>) {
                 headers.push(words[i + 1].clone());
                 i += 1;
             }
+            "-d" | "--data" => {
+                body = Some(words[i + 1].clone().into_bytes());
+                i += 1;
+            }
             "--data-binary" => {
                 let file = words[i + 1].strip_prefix('@').expect("@file");
                 body = Some(std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}")));
@@ -1067,6 +1071,9 @@ fn demo_runs_and_its_printed_commands_work() {
             assert!(body.contains("stsgate_decisions_total"), "{line}");
         } else if line.contains("/api/v1/reload") {
             assert_eq!(status, 200, "{line}: {body}");
+        } else if line.contains("/api/v1/blocks") {
+            assert_eq!(status, 201, "{line}: {body}");
+            assert!(body.contains("\"id\""), "{line}: {body}");
         } else {
             panic!("a curl line without a known purpose: {comment}\n{line}");
         }
