@@ -17,7 +17,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # MSAL Python: tests/tests/msal.rs sends sign-ins with its WS-Trust request builder.
-python3 -c 'import msal' 2>/dev/null || python3 -m pip install --quiet msal
+# (pip where it may install; Debian's python3-msal where pip is not allowed to.)
+if ! python3 -c 'import msal' 2>/dev/null; then
+  python3 -m pip install --quiet msal 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages msal 2>/dev/null \
+    || { sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo";
+         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-msal >/dev/null; }
+fi
 
 # The fuzz targets must keep building (fuzzing itself: fuzz/run.sh).
 cargo build --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-check
