@@ -41,6 +41,32 @@ async fn header_limits_answer_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_answer_431_over_http2_too() {
+    let upstream = Upstream::start().await;
+    let certs = Certs::new();
+    let gate = Gate::start(GateSpec {
+        tls: Some(&certs),
+        ..GateSpec::new(ALLOW_ALL, &upstream)
+    });
+    let client = https_client(&certs, true);
+    let big = "a".repeat(70_000);
+    let got = send(&client, post(&gate.url(USERNAMEMIXED), &[("x-big", &big)], "x")).await;
+    assert_eq!((got.status, got.version), (431, http::Version::HTTP_2));
+    let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "1".to_string())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let got = send(&client, post(&gate.url(USERNAMEMIXED), &many, "x")).await;
+    assert_eq!(got.status, 431);
+    // The connection is still good for a normal request.
+    let got = send(&client, post(&gate.url(USERNAMEMIXED), &[], fixture("rst-2005-usernamemixed.xml"))).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(
+        gate.metric("stsgate_rejected_requests_total{reason=\"header_too_large\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_abuse_is_refused_or_reframed_and_never_smuggled() {
     let upstream = Upstream::start().await;
     let gate = Gate::start(GateSpec::new(ALLOW_ALL, &upstream));

@@ -30,6 +30,22 @@ use crate::wstrust;
 
 pub use crate::corridor::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
 
+/// Most header fields a request may carry (as for HTTP/1.1).
+pub const MAX_HEADERS: usize = 100;
+/// Largest header list a request may carry, counted as HTTP/2 does (name,
+/// value and 32 bytes a field).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Over [`MAX_HEADERS`] fields or [`MAX_HEADER_BYTES`]?
+fn headers_too_large(headers: &HeaderMap) -> bool {
+    headers.len() > MAX_HEADERS
+        || headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum::<usize>()
+            > MAX_HEADER_BYTES
+}
+
 /// What the gate keeps of a request's facts for after the upstream answers.
 struct OwnedFacts {
     addrs: ClientAddrs,
@@ -113,6 +129,16 @@ impl Gate {
     /// Answers one request. Never fails: every error is an HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
         let started = Instant::now();
+        if req.version() == Version::HTTP_2 && headers_too_large(req.headers()) {
+            // HTTP/1.1's limits are hyper's own (431 too); HTTP/2's are checked here.
+            self.metrics
+                .rejected
+                .with_label_values(&["header_too_large"])
+                .inc();
+            return blocked::answer(Refusal::ClientError(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ));
+        }
         let response = match self.paths.classify(req.uri().path()) {
             PathClass::Forward => {
                 self.metrics.decision(Stage::Path, Action::Forward);

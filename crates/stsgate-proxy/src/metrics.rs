@@ -160,7 +160,7 @@ impl Metrics {
             ),
             rejected: counter_vec(
                 "stsgate_rejected_requests_total",
-                "Filtered requests answered 400, 408 or 413 before any decision, by reason.",
+                "Requests answered 400, 408, 413 (filtered paths) or 431 (HTTP/2) before any decision, by reason.",
                 &["reason"],
             ),
             log_dropped: counter(
@@ -225,7 +225,12 @@ impl Metrics {
         for result in ["success", "failure", "unknown"] {
             m.signins.with_label_values(&[result]).reset();
         }
-        for reason in ["bad_request", "body_timeout", "body_too_large"] {
+        for reason in [
+            "bad_request",
+            "body_timeout",
+            "body_too_large",
+            "header_too_large",
+        ] {
             m.rejected.with_label_values(&[reason]).reset();
         }
         for class in 1..UpstreamClass::LABELS.len() {
