@@ -317,10 +317,8 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    const RST_2005: &str =
-        include_str!("../../../testdata/wstrust/rst-2005-usernamemixed.xml");
-    const RST_13: &str =
-        include_str!("../../../testdata/wstrust/rst-13-usernamemixed.xml");
+    const RST_2005: &str = include_str!("../../../testdata/wstrust/rst-2005-usernamemixed.xml");
+    const RST_13: &str = include_str!("../../../testdata/wstrust/rst-13-usernamemixed.xml");
 
     /// One HTTP/1.1 exchange: `(status, lower-cased head, body)`.
     async fn exchange(
