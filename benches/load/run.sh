@@ -283,10 +283,10 @@ if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
   perf report -q -i "$work/perf.data" --children -g none --sort symbol \
     >"$work/perf-children.txt" 2>/dev/null || true
   echo "self (over 1.5 %):"
-  sed -e 's/ *$//' "$work/perf-self.txt" | grep '%' || true
+  sed -e 's/ *-  *- *$//' "$work/perf-self.txt" | grep '%' || true
   echo "inclusive, selected:"
   grep -E 'wstrust::scan|legacy::Client.*send_request|do_writev|ksys_read|decision_log' "$work/perf-children.txt" |
-    sed -e 's/ *$//' | awk '!seen[$NF]++' | sed -n 1,8p || true
+    sed -e 's/ *-  *- *$//' | sed -n 1,8p || true
 fi
 
 echo "-- idle keep-alive connections (full rules loaded in both)"
