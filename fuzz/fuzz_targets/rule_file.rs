@@ -81,8 +81,9 @@ fuzz_target!(|data: &[u8]| {
             .into_iter()
             .enumerate()
             {
+                let client_ip = ip(client).to_canonical();
                 let facts = Facts {
-                    client_ip: ip(client).to_canonical(),
+                    client_ip,
                     addresses: if i % 2 == 0 { &[] } else { &hops },
                     application: (i != 3).then_some("Microsoft.Exchange.ActiveSync"),
                     user_agent: (i != 4).then_some("python-requests/2.31"),
@@ -91,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         Country(*b"KP")
                     }),
+                    ..Facts::new(client_ip)
                 };
                 let plain = rules.decide(&facts);
                 let mut trace: Vec<Step<'_>> = Vec::new();
