@@ -422,7 +422,7 @@ async fn http2_stream_window_and_frame_limits_are_announced() {
     );
     assert_eq!(
         settings.get(&0x6),
-        Some(&(64 * 1024)),
+        Some(&(256 * 1024)),
         "MAX_HEADER_LIST_SIZE: {settings:?}"
     );
     assert!(

@@ -996,7 +996,13 @@ async fn dual_stack_listener_logs_and_forwards_mapped_peers_as_ipv4() {
         return;
     }
     let upstream = Upstream::start().await;
-    let gate = start_with_files("", &[], "", &upstream, "[::]:0");
+    let gate = start_with_files(
+        "[request_blocking]\nenabled = false\n",
+        &[],
+        "",
+        &upstream,
+        "[::]:0",
+    );
     let base = format!("http://127.0.0.1:{}", gate.addr.port());
     let got = send_req(&base, Req::default()).await;
     assert_eq!(got.status, 200);

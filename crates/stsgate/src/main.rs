@@ -112,7 +112,12 @@ fn run(path: &Path) -> Result<()> {
     let Some(config) = load_config(path) else {
         anyhow::bail!("the config has errors")
     };
-    runtime()?.block_on(serve(config, None))
+    let runtime = runtime()?;
+    let result = runtime.block_on(serve(config, None));
+    // Whatever is still running (a connection cut at the drain timeout) is
+    // not waited for past this.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// Called once the listeners are bound (the demo prints its welcome).
