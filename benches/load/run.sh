@@ -13,6 +13,8 @@
 #              entries; nginx: geo + map with ~* regexes                  wrk, HTTP/1.1
 #   tls-h1     ip rules over TLS 1.3, same certificate                   wrk, HTTP/1.1 over TLS
 #   tls-h2     ip rules over TLS 1.3, 64 streams over 8 connections      h2load, HTTP/2
+#   stage2     ip rules + [lockout] + [spray] on, and 100,000 live IP blocks
+#              (added through the blocks API), beside stsgate-ip           wrk, HTTP/1.1
 #   idle       RSS with IDLE keep-alive connections open and idle (full
 #              rules; one POST answered on each first), hold.py
 # Rounds alternate the gates; each line reports req/s, p50/p99 latency, the
@@ -54,8 +56,12 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
 UP=18190; NGX_IP=18191; NGX_FULL=18192; NGX_TLS=18197
-GATE_IP=18193; GATE_FULL=18194; GATE_TLS=18198
-ADM_IP=18195; ADM_FULL=18196; ADM_TLS=18199
+GATE_IP=18193; GATE_FULL=18194; GATE_TLS=18198; GATE_ST2=18200
+ADM_IP=18195; ADM_FULL=18196; ADM_TLS=18199; ADM_ST2=18201
+{ cat "$work/rules-ip.toml"
+  printf '[lockout]\nthreshold = 5\n[spray]\ndistinct_users = 10\nsame_password_users = 5\n'
+} > "$work/rules-stage2.toml"
+echo "bench-admin-token-0123456789" > "$work/admin.token"
 
 # The upstream: an nginx of its own, so that its CPU is not counted as a gate's.
 mkdir -p "$work/up" "$work/nginx"
@@ -119,9 +125,10 @@ NGINX
 nginx -c "$work/up/nginx.conf" -g 'daemon off;' & pids+=($!); up_master=$!
 nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!); ngx_master=$!
 
-for kind in ip full tls; do
+for kind in ip full tls stage2; do
   case $kind in
     ip) port=$GATE_IP; adm=$ADM_IP; rules=ip; tls="" ;;
+    stage2) port=$GATE_ST2; adm=$ADM_ST2; rules=stage2; tls="" ;;
     full) port=$GATE_FULL; adm=$ADM_FULL; rules=full; tls="" ;;
     tls) port=$GATE_TLS; adm=$ADM_TLS; rules=ip
          tls=$'tls_cert = "'$work$'/cert.pem"\ntls_key = "'$work$'/key.pem"' ;;
@@ -139,6 +146,7 @@ max_connections_per_ip = 20000
 idle_timeout = "600s"
 [admin]
 addr = "127.0.0.1:$adm"
+token_file = "admin.token"
 [state]
 dir = "state-$kind"
 TOML
@@ -151,6 +159,21 @@ done
 for p in $GATE_TLS $NGX_TLS; do
   for _ in $(seq 300); do curl -sk -o /dev/null "https://127.0.0.1:$p/" && break; sleep 0.1; done
 done
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$GATE_ST2/" && break; sleep 0.1; done
+# 100,000 live IP blocks on the stage-2 gate (10.0.0.0/8 addresses; the
+# benchmark's client is 127.0.0.1), 1,500 a request (the API reads 64 KiB).
+python3 - "$ADM_ST2" "$work/admin.token" <<'PY'
+import json, sys, urllib.request
+port, token = sys.argv[1], open(sys.argv[2]).read().strip()
+n, step = 100000, 1500
+for start in range(0, n, step):
+    body = [{"ip": "10.%d.%d.%d" % (i >> 16 & 255, i >> 8 & 255, i & 255), "ttl": "1d"}
+            for i in range(start, min(n, start + step))]
+    req = urllib.request.Request("http://127.0.0.1:%s/api/v1/blocks" % port, json.dumps(body).encode(),
+                                 {"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=60).read()
+PY
+echo "stage2 gate: $(curl -s "http://127.0.0.1:$ADM_ST2/metrics" | grep '^stsgate_blocks_active{kind="ip"}')"
 
 # children PID: PID's direct children (nginx's workers), from /proc.
 children() {
@@ -264,6 +287,7 @@ for round in $(seq "$rounds"); do
   bench upstream wrk "http://127.0.0.1:$UP$path" $up_pids
   bench nginx-ip wrk "http://127.0.0.1:$NGX_IP$path" $ngx_pids
   bench stsgate-ip wrk "http://127.0.0.1:$GATE_IP$path" "$gate_ip"
+  bench stsgate-stage2 wrk "http://127.0.0.1:$GATE_ST2$path" "$gate_stage2"
   bench nginx-full wrk "http://127.0.0.1:$NGX_FULL$path" $ngx_pids
   bench stsgate-full wrk "http://127.0.0.1:$GATE_FULL$path" "$gate_full"
   bench nginx-tls-h1 wrk "https://127.0.0.1:$NGX_TLS$path" $ngx_pids
@@ -302,7 +326,7 @@ echo
 echo "medians over $rounds rounds:"
 echo "| scenario | gate | req/s | p50 ms | p99 ms | CPU us/req | RSS MiB |"
 echo "|---|---|---|---|---|---|---|"
-for name in upstream nginx-ip stsgate-ip nginx-full stsgate-full nginx-tls-h1 stsgate-tls-h1 nginx-tls-h2 stsgate-tls-h2; do
+for name in upstream nginx-ip stsgate-ip stsgate-stage2 nginx-full stsgate-full nginx-tls-h1 stsgate-tls-h1 nginx-tls-h2 stsgate-tls-h2; do
   printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${name#*-}" "${name%%-*}" \
     "$(med "$name" 1)" "$(med "$name" 2)" "$(med "$name" 3)" "$(med "$name" 4)" "$(med "$name" 5)"
 done
@@ -316,6 +340,8 @@ for s in ip:">= 1.2x (contract 1.0x), p99 <= nginx" full:">= 2x, p99 <= nginx" t
     "$(ratio "$(med "stsgate-$k" 3)" "$(med "nginx-$k" 3)")" \
     "$(ratio "$(med "stsgate-$k" 4)" "$(med "nginx-$k" 4)")" "${s#*:}"
 done
+echo
+echo "stage 2 on (100,000 IP blocks, lockout and spray) vs off: throughput $(ratio "$(med stsgate-stage2 1)" "$(med stsgate-ip 1)")x, p99 $(ratio "$(med stsgate-stage2 3)" "$(med stsgate-ip 3)")x, CPU per request $(ratio "$(med stsgate-stage2 4)" "$(med stsgate-ip 4)")x (target: within 10 %)"
 echo
 echo "| idle connections | stsgate RSS (PSS) MiB | nginx RSS (PSS) MiB | target (stsgate RSS) |"
 echo "|---|---|---|---|"

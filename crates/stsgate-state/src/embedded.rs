@@ -33,7 +33,11 @@ impl Embedded {
             ))
         })?;
         let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| match e {
+        // A small page cache: the store is written behind and read at start.
+        let db = Database::builder()
+            .set_cache_size(8 * 1024 * 1024)
+            .create(&path)
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
                 "the state store {} is in use by another stsgate process",
                 path.display()

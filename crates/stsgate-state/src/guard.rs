@@ -244,10 +244,30 @@ pub struct Learned {
 /// reaches a threshold do not get through.
 #[derive(Default)]
 struct Pending {
-    /// Unfamiliar sign-ins in flight per user, by password key (zeros when none).
-    by_user: HashMap<String, Vec<PasswordKey>>,
-    /// Users with a sign-in in flight, per password key.
-    by_password: HashMap<PasswordKey, Vec<String>>,
+    /// Unfamiliar sign-ins in flight per user: how many carry each password
+    /// key (zeros when none). Its length is the distinct guesses in flight.
+    by_user: HashMap<String, HashMap<PasswordKey, u32>>,
+    /// Sign-ins in flight per password key: how many for each user.
+    by_password: HashMap<PasswordKey, HashMap<String, u32>>,
+}
+
+/// Takes one from `map[outer][inner]`, dropping emptied entries.
+fn release<K: std::hash::Hash + Eq, I: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, HashMap<I, u32>>,
+    outer: &K,
+    inner: &I,
+) {
+    if let Some(m) = map.get_mut(outer) {
+        if let Some(n) = m.get_mut(inner) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(inner);
+            }
+        }
+        if m.is_empty() {
+            map.remove(outer);
+        }
+    }
 }
 
 /// A forwarded sign-in, counted in flight until dropped (after its answer
@@ -264,24 +284,10 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut p = lock(&self.guard.pending);
         if let Some((user, key)) = &self.by_user {
-            if let Some(v) = p.by_user.get_mut(user) {
-                if let Some(i) = v.iter().position(|k| k == key) {
-                    v.swap_remove(i);
-                }
-                if v.is_empty() {
-                    p.by_user.remove(user);
-                }
-            }
+            release(&mut p.by_user, user, key);
         }
         if let Some((key, user)) = &self.by_password {
-            if let Some(v) = p.by_password.get_mut(key) {
-                if let Some(i) = v.iter().position(|u| u == user) {
-                    v.swap_remove(i);
-                }
-                if v.is_empty() {
-                    p.by_password.remove(key);
-                }
-            }
+            release(&mut p.by_password, key, user);
         }
     }
 }
@@ -345,19 +351,18 @@ impl Guard {
                     // Answered failures and unfamiliar guesses still in flight.
                     let pending = lock(&self.pending);
                     if let Some(flying) = pending.by_user.get(&key) {
-                        let wrong = |k: &PasswordKey| {
-                            record.is_some_and(|r| r.wrong.iter().any(|(w, t)| w == k && *t > now))
-                        };
-                        let mut distinct: Vec<&PasswordKey> = Vec::new();
-                        for k in flying.iter().filter(|k| !wrong(k)) {
-                            if !distinct.contains(&k) {
-                                distinct.push(k);
-                            }
-                        }
-                        let answered = record.map_or(0, |r| r.unfamiliar.live(l.threshold, window, now));
-                        if !distinct.is_empty()
-                            && answered + distinct.len() as u32 >= l.threshold
-                        {
+                        // Distinct guesses in flight, less those already
+                        // counted as a repeated wrong password.
+                        let repeated = record.map_or(0, |r| {
+                            r.wrong
+                                .iter()
+                                .filter(|(w, t)| *t > now && flying.contains_key(w))
+                                .count()
+                        });
+                        let flying = flying.len().saturating_sub(repeated) as u32;
+                        let answered =
+                            record.map_or(0, |r| r.unfamiliar.live(l.threshold, window, now));
+                        if flying > 0 && answered + flying >= l.threshold {
                             found = Some(false);
                         }
                     }
@@ -433,15 +438,13 @@ impl Guard {
                         .map_or(&[], |w| &w.users);
                     let pending = lock(&self.pending);
                     if let Some(flying) = pending.by_password.get(&key) {
+                        // Other users it is in flight for, not yet among the failed.
                         let this = facts.user.map(user_key).unwrap_or_default();
-                        let mut others: Vec<&String> = Vec::new();
-                        for u in flying.iter().filter(|u| **u != this && !failed.contains(u)) {
-                            if !others.contains(&u) {
-                                others.push(u);
-                            }
-                        }
-                        sprayed = !others.is_empty()
-                            && failed.len() + others.len() >= s.same_password_users as usize;
+                        let overlap = failed.iter().filter(|u| flying.contains_key(*u)).count()
+                            + usize::from(flying.contains_key(&this) && !failed.contains(&this));
+                        let others = flying.len().saturating_sub(overlap);
+                        sprayed = others > 0
+                            && failed.len() + others >= s.same_password_users as usize;
                     }
                 }
                 if sprayed {
@@ -506,14 +509,14 @@ impl Guard {
         if let (true, Some(u)) = (unfamiliar, &user) {
             if p.by_user.len() < MAX_SPRAY_KEYS || p.by_user.contains_key(u) {
                 let k = key.unwrap_or_default();
-                p.by_user.entry(u.clone()).or_default().push(k);
+                *p.by_user.entry(u.clone()).or_default().entry(k).or_default() += 1;
                 held.by_user = Some((u.clone(), k));
             }
         }
         if let Some(k) = key {
             if p.by_password.len() < MAX_SPRAY_KEYS || p.by_password.contains_key(&k) {
-                let u = user.clone().unwrap_or_default();
-                p.by_password.entry(k).or_default().push(u.clone());
+                let u = user.unwrap_or_default();
+                *p.by_password.entry(k).or_default().entry(u.clone()).or_default() += 1;
                 held.by_password = Some((k, u));
             }
         }
