@@ -316,7 +316,21 @@ fn ms(d: Duration) -> u64 {
 
 /// User names compare ignoring case.
 pub fn user_key(user: &str) -> String {
-    user.trim().to_lowercase()
+    lookup_key(user).into_owned()
+}
+
+/// [`user_key`] without an allocation when the name is already in its
+/// compared form (the common case: lower-case ASCII, no surrounding spaces).
+fn lookup_key(user: &str) -> std::borrow::Cow<'_, str> {
+    let plain = user
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        && user.trim().len() == user.len();
+    if plain {
+        std::borrow::Cow::Borrowed(user)
+    } else {
+        std::borrow::Cow::Owned(user.trim().to_lowercase())
+    }
 }
 
 impl Guard {
@@ -339,9 +353,10 @@ impl Guard {
         match (lockout.filter(|l| l.enabled), facts.user) {
             (Some(l), Some(user)) => {
                 let window = ms(l.observation_window);
-                let key = user_key(user);
+                let key = lookup_key(user);
+                let key = key.as_ref();
                 let users = lock(&self.users);
-                let record = users.get(&key);
+                let record = users.get(key);
                 let familiar = record.is_some_and(|r| r.is_familiar(facts.locations(), now));
                 let mut found = record.and_then(|r| {
                     let count = if familiar { r.familiar_count } else { r.unfamiliar };
@@ -350,7 +365,7 @@ impl Guard {
                 if found.is_none() && !familiar {
                     // Answered failures and unfamiliar guesses still in flight.
                     let pending = lock(&self.pending);
-                    if let Some(flying) = pending.by_user.get(&key) {
+                    if let Some(flying) = pending.by_user.get(key) {
                         // Distinct guesses in flight, less those already
                         // counted as a repeated wrong password.
                         let repeated = record.map_or(0, |r| {
