@@ -89,6 +89,9 @@ pub struct Metrics {
     pub trusted_list_failures: IntCounter,
     /// Each upstream server: 1 healthy, 0 ejected (`server` = configured URL).
     pub upstream_healthy: prometheus::IntGaugeVec,
+    /// `stsgate_tls_reloads_total{result}`: listener pairs and upstream CA
+    /// files reloaded (`crate::tls`), `success` | `failure` (old one kept).
+    pub tls_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -205,6 +208,11 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            tls_reloads: counter_vec(
+                "stsgate_tls_reloads_total",
+                "Reloads of the listener's certificate and key and of upstream.ca_file, by result (on failure the one in force is kept).",
+                &["result"],
+            ),
             registry,
         };
         let build_info = prometheus::IntGaugeVec::new(
@@ -221,6 +229,7 @@ impl Metrics {
         // Series that exist from the start, so rates and alerts see zero.
         for result in ["success", "failure"] {
             m.reloads.with_label_values(&[result]).reset();
+            m.tls_reloads.with_label_values(&[result]).reset();
         }
         for result in ["success", "failure", "unknown"] {
             m.signins.with_label_values(&[result]).reset();

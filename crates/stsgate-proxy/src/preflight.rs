@@ -18,8 +18,8 @@ use crate::geoip::GeoIp;
 
 /// What the files gave.
 pub struct Opened {
-    /// The listener's TLS configuration, when `listen.tls_cert` is set.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener's certificate (reloadable), when `listen.tls_cert` is set.
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// The country database, when `geoip.country_db` is set.
     pub geoip: Option<Arc<GeoIp>>,
     /// The admin API's bearer token (first line of `admin.token_file`, trimmed).
@@ -32,7 +32,7 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
     let at = |key: &str, message: String| config.positions.error(&config.path, key, message);
     let mut errors = Vec::new();
     let tls = config.listen.tls.as_ref().and_then(|files| {
-        crate::tls::server_config(files)
+        crate::tls::ListenerTls::load(files)
             .map_err(|e| {
                 // Which of the two files: the key if the chain reads fine.
                 let key = if crate::tls::load_certs(&files.cert).is_ok() {

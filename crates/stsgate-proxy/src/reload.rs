@@ -27,9 +27,13 @@ pub struct Rules {
     feeds: Arc<Mutex<HashMap<PathBuf, Arc<str>>>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
-    /// Called at each reload with its trigger (the trusted proxies reload too).
-    also: std::sync::OnceLock<Box<dyn Fn(&'static str) + Send + Sync>>,
+    /// Called at each reload with its trigger (the trusted proxies and the
+    /// TLS files reload too).
+    also: Mutex<Vec<ReloadHook>>,
 }
+
+/// A hook run at the start of every reload, with its trigger.
+type ReloadHook = Box<dyn Fn(&'static str) + Send + Sync>;
 
 /// Reads threat feeds next to the rule file; a feed that cannot be read
 /// keeps its last good contents (logged and counted).
@@ -88,7 +92,7 @@ impl Rules {
             metrics,
             feeds,
             reloading: tokio::sync::Mutex::new(()),
-            also: std::sync::OnceLock::new(),
+            also: Mutex::new(Vec::new()),
         })
     }
 
@@ -97,9 +101,12 @@ impl Rules {
         self.current.load_full()
     }
 
-    /// Has `f` called (once set, for good) at the start of every reload.
+    /// Has `f` called at the start of every reload (hooks add up).
     pub fn also_on_reload(&self, f: impl Fn(&'static str) + Send + Sync + 'static) {
-        let _ = self.also.set(Box::new(f));
+        self.also
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 
     /// The rule file.
@@ -109,7 +116,7 @@ impl Rules {
 
     /// Reloads the rule file; on error the old rules stay. `trigger` is logged.
     pub async fn reload(self: &Arc<Self>, trigger: &'static str) -> ReloadResult {
-        if let Some(also) = self.also.get() {
+        for also in self.also.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             also(trigger);
         }
         let _one_at_a_time = self.reloading.lock().await;

@@ -38,6 +38,8 @@ pub struct Server {
     gate: Arc<Gate>,
     redis: Option<Arc<RedisStore>>,
     tls: Option<TlsAcceptor>,
+    /// The listener's certificate, reloaded in place (`crate::tls`).
+    listener_tls: Option<Arc<crate::tls::ListenerTls>>,
     admin: Arc<Admin>,
     log_thread: Option<std::thread::JoinHandle<()>>,
     /// Alerts to `alerts.webhook_url`: its task runs from `serve`.
@@ -113,7 +115,11 @@ impl Server {
                     .join("\n")
             )
         })?;
-        let tls = files.tls.map(TlsAcceptor::from);
+        let listener_tls = files.tls;
+        let tls = match &listener_tls {
+            Some(l) => Some(TlsAcceptor::from(l.server_config()?)),
+            None => None,
+        };
         let upstream = Upstream::new(&config.upstream)?;
         let geoip = files.geoip;
         let found = crate::preflight::rules_with_config(&config, &rules.current());
@@ -158,6 +164,7 @@ impl Server {
             gate,
             redis,
             tls,
+            listener_tls,
             admin,
             log_thread: Some(log_thread),
             alerts,
@@ -225,6 +232,14 @@ impl Server {
         tasks.spawn(self.gate.rules.clone().watch(wait_for(stop_rx.clone())));
         tasks.spawn(crate::trusted::hot_reload(
             &self.gate.config,
+            &self.gate.rules,
+            &self.gate.metrics,
+            wait_for(stop_rx.clone()),
+        ));
+        // Certificate rotation: the listener's pair and upstream.ca_file.
+        tasks.spawn(crate::tls::hot_reload(
+            self.listener_tls.clone(),
+            self.gate.config.upstream.farm.trust_in_use(),
             &self.gate.rules,
             &self.gate.metrics,
             wait_for(stop_rx.clone()),

@@ -66,6 +66,9 @@ struct FarmState {
     eject_for: Duration,
     started: std::time::Instant,
     gauge: OnceLock<prometheus::IntGaugeVec>,
+    /// The TLS trust roots every worker's client verifies with (reloaded
+    /// in place: [`crate::tls::UpstreamTrust`]); set by the first client.
+    trust: OnceLock<Arc<crate::tls::UpstreamTrust>>,
 }
 
 struct Server {
@@ -110,6 +113,7 @@ impl Farm {
             eject_for,
             started: std::time::Instant::now(),
             gauge: OnceLock::new(),
+            trust: OnceLock::new(),
         }))
     }
 
@@ -188,6 +192,21 @@ impl Farm {
         }
     }
 
+    /// The trust roots shared by every client of this farm, loaded from
+    /// `ca_file` (and the system's) by the first call.
+    fn trust(&self, ca_file: Option<&std::path::Path>) -> Result<Arc<crate::tls::UpstreamTrust>> {
+        if let Some(trust) = self.0.trust.get() {
+            return Ok(trust.clone());
+        }
+        let trust = crate::tls::UpstreamTrust::load(ca_file)?;
+        Ok(self.0.trust.get_or_init(|| trust).clone())
+    }
+
+    /// The trust roots in use, once a client was made (for reloading).
+    pub fn trust_in_use(&self) -> Option<Arc<crate::tls::UpstreamTrust>> {
+        self.0.trust.get().cloned()
+    }
+
     /// Reports `stsgate_upstream_healthy{server}` into `gauge` from now on.
     fn attach(&self, gauge: prometheus::IntGaugeVec) {
         let _ = self.0.gauge.set(gauge);
@@ -211,7 +230,7 @@ fn client(cfg: &config::Upstream) -> Result<Client<HttpsConnector<HttpConnector>
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
-    let tls = crate::tls::client_config(cfg.ca_file.as_deref())?;
+    let tls = cfg.farm.trust(cfg.ca_file.as_deref())?.client_config()?;
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
