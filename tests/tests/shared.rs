@@ -3,12 +3,9 @@
 //! passwords like ADFS: blocks, lockouts and sprays are shared, and Redis
 //! stopped and restarted under traffic fails no request.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stsgate_tests::*;
 
@@ -24,102 +21,6 @@ const RULES: &str = "[request_blocking]\nenabled = false\n[lockout]\nthreshold =
 /// The right password of every user.
 const RIGHT: &str = "correct horse & battery";
 
-/// A `redis-server` on loopback, killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Starts it (again, on the same port, empty).
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: install the Debian package redis-server (scripts/test.sh does)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// Everything stsgate keeps in it, as text (`redis-cli`): every key's
-    /// name and value, and the lesson stream.
-    fn dump(&self) -> String {
-        let cli = |args: &[&str]| {
-            let out = Command::new("redis-cli")
-                .args(["-p", &self.port.to_string(), "--raw"])
-                .args(args)
-                .output()
-                .expect("redis-cli (Debian package redis-tools)");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let mut text = String::new();
-        for key in cli(&["--scan"]).lines() {
-            text.push_str(key);
-            text.push('\n');
-            if cli(&["TYPE", key]).trim() == "string" {
-                text.push_str(&cli(&["GET", key]));
-            }
-        }
-        text.push_str(&cli(&["XRANGE", "stsgate:lessons", "-", "+"]));
-        text
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// An upstream that checks the password like an STS.
 async fn sts() -> Upstream {
