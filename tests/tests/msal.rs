@@ -155,3 +155,38 @@ async fn msal_envelopes_are_read_and_locked_out() {
         "the stale password counted once: {locked}"
     );
 }
+
+/// MSAL's own metadata-exchange fetch passes the gate, even under rules
+/// that refuse every request without `X-MS-Client-Application` (it carries
+/// no credential: `filter.pass_paths`).
+#[tokio::test]
+async fn msal_mex_fetch_passes_the_gate() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(GateSpec::new(
+        "[request_blocking.application]\nrule = \"allow\"\nentries = [\"Microsoft.Exchange.ActiveSync\"]\n",
+        &up,
+    ));
+    let script = workspace().join("tests/msal_signin.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--mex", &gate.url("/adfs/services/trust/mex")])
+        .output()
+        .await
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/adfs/services/trust/mex"));
+    // The same GET on a sign-in path is decided, and refused by these rules.
+    let got = send(
+        &http_client(),
+        http::Request::get(gate.url(USERNAMEMIXED))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 500);
+    assert_eq!(up.count(), 1);
+}
