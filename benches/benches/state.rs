@@ -66,7 +66,11 @@ fn bench(c: &mut Criterion) {
                 password_key: Some([i as u8; 16]),
                 locations: vec![IpAddr::V4(Ipv4Addr::from(0xC000_0200 + i))],
                 client_ip: IpAddr::V4(Ipv4Addr::from(0xC000_0200 + i)),
-                result: if i % 3 == 0 { SignIn::Success } else { SignIn::Failure },
+                result: if i % 3 == 0 {
+                    SignIn::Success
+                } else {
+                    SignIn::Failure
+                },
                 now_ms: now,
             },
             rules_state.lockout.as_ref(),

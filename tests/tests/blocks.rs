@@ -43,9 +43,18 @@ fn add(gate: &Gate, body: &str) -> serde_json::Value {
 async fn api_needs_the_token_and_names_every_bad_field() {
     let (gate, _up) = gate().await;
     let block = r#"{"ip": "192.0.2.1", "ttl": "1h"}"#;
-    assert_eq!(gate.api_as(None, "POST", "/api/v1/blocks", Some(block)).0, 401);
     assert_eq!(
-        gate.api_as(Some("wrong-token-0123456789"), "POST", "/api/v1/blocks", Some(block)).0,
+        gate.api_as(None, "POST", "/api/v1/blocks", Some(block)).0,
+        401
+    );
+    assert_eq!(
+        gate.api_as(
+            Some("wrong-token-0123456789"),
+            "POST",
+            "/api/v1/blocks",
+            Some(block)
+        )
+        .0,
         401
     );
     assert_eq!(gate.api_as(None, "GET", "/api/v1/blocks", None).0, 401);
@@ -58,12 +67,37 @@ async fn api_needs_the_token_and_names_every_bad_field() {
 
     for (body, status, field, words) in [
         (r#"{"ip": "192.0.2.300", "ttl": "1h"}"#, 422, "ip", "ip:"),
-        (r#"{"ip": "192.0.2.1", "ttl": "forever"}"#, 422, "ttl", "ttl:"),
-        (r#"{"ip": "192.0.2.1", "ttl": "31d"}"#, 422, "ttl", "max_ttl"),
+        (
+            r#"{"ip": "192.0.2.1", "ttl": "forever"}"#,
+            422,
+            "ttl",
+            "ttl:",
+        ),
+        (
+            r#"{"ip": "192.0.2.1", "ttl": "31d"}"#,
+            422,
+            "ttl",
+            "max_ttl",
+        ),
         (r#"{"ip": "192.0.2.1"}"#, 422, "ttl", "missing ttl"),
-        (r#"{"ip": "192.0.2.1", "user": "a@b", "ttl": "1h"}"#, 422, "ip", "not both"),
-        (r#"{"ip": "192.0.2.1", "ttl": "1h", "actoin": "refuse"}"#, 422, "", "unknown field"),
-        (r#"{"ip": "192.0.2.1", "ttl": "1h", "action": "ban"}"#, 422, "action", "unknown action"),
+        (
+            r#"{"ip": "192.0.2.1", "user": "a@b", "ttl": "1h"}"#,
+            422,
+            "ip",
+            "not both",
+        ),
+        (
+            r#"{"ip": "192.0.2.1", "ttl": "1h", "actoin": "refuse"}"#,
+            422,
+            "",
+            "unknown field",
+        ),
+        (
+            r#"{"ip": "192.0.2.1", "ttl": "1h", "action": "ban"}"#,
+            422,
+            "action",
+            "unknown action",
+        ),
         (r#"{"ip": "192.0.2.1", "ttl": "1h""#, 400, "", "not JSON"),
         ("not json at all", 400, "", "not JSON"),
     ] {
@@ -75,10 +109,16 @@ async fn api_needs_the_token_and_names_every_bad_field() {
         );
         assert_eq!(v["field"].as_str().unwrap_or(""), field, "{body}: {v}");
     }
-    let huge = format!(r#"{{"ip": "192.0.2.1", "ttl": "1h", "reason": "{}"}}"#, "x".repeat(70_000));
+    let huge = format!(
+        r#"{{"ip": "192.0.2.1", "ttl": "1h", "reason": "{}"}}"#,
+        "x".repeat(70_000)
+    );
     assert_eq!(gate.api("POST", "/api/v1/blocks", Some(&huge)).0, 413);
     assert_eq!(gate.api("GET", "/api/v1/blocks/b-nosuchblock", None).0, 404);
-    assert_eq!(gate.api("DELETE", "/api/v1/blocks/b-nosuchblock", None).0, 404);
+    assert_eq!(
+        gate.api("DELETE", "/api/v1/blocks/b-nosuchblock", None).0,
+        404
+    );
     assert_eq!(gate.api("PUT", "/api/v1/blocks", None).0, 405);
 }
 
@@ -86,20 +126,39 @@ async fn api_needs_the_token_and_names_every_bad_field() {
 async fn ip_blocks_in_every_notation_refuse_in_stage_two() {
     let (gate, upstream) = gate().await;
     let rst = fixture("rst-2005-usernamemixed.xml");
-    for ip in ["198.51.100.7", "203.0.113.0/24", "192.0.2.10-192.0.2.20", "5.143.*.*", "2001:db8::/32"] {
-        let v = add(&gate, &format!(r#"{{"ip": "{ip}", "ttl": "1h", "reason": "test"}}"#));
+    for ip in [
+        "198.51.100.7",
+        "203.0.113.0/24",
+        "192.0.2.10-192.0.2.20",
+        "5.143.*.*",
+        "2001:db8::/32",
+    ] {
+        let v = add(
+            &gate,
+            &format!(r#"{{"ip": "{ip}", "ttl": "1h", "reason": "test"}}"#),
+        );
         assert_eq!(v["action"], "refuse");
         assert!(v["id"].as_str().unwrap().starts_with("b-"), "{v}");
         assert!(v["expires_at"].as_str().unwrap().ends_with('Z'), "{v}");
     }
-    for client in ["198.51.100.7", "203.0.113.99", "192.0.2.15", "5.143.200.1", "2001:db8::1"] {
+    for client in [
+        "198.51.100.7",
+        "203.0.113.99",
+        "192.0.2.15",
+        "5.143.200.1",
+        "2001:db8::1",
+    ] {
         let got = signin(&gate, client, rst.clone()).await;
         assert_eq!(got.status, 500, "{client} refused like a failed sign-in");
         assert!(got.text().contains("FailedAuthentication"), "{client}");
     }
     assert_eq!(upstream.count(), 0, "nothing refused reached the STS");
     for client in ["198.51.100.8", "192.0.2.21", "5.144.0.1", "2001:db9::1"] {
-        assert_eq!(signin(&gate, client, rst.clone()).await.status, 200, "{client}");
+        assert_eq!(
+            signin(&gate, client, rst.clone()).await.status,
+            200,
+            "{client}"
+        );
     }
     assert_eq!(upstream.count(), 4);
     let refused = gate
@@ -130,14 +189,19 @@ async fn user_blocks_read_the_username_token_in_both_versions() {
     for (body, what) in [
         (fixture("rst-2005-usernamemixed.xml"), "2005 d'arcy"),
         (fixture("rst-13-usernamemixed.xml"), "1.3 CONTOSO\\alice"),
-        (rst_for("zoË <ADMIN>@contoso.com", "x").into_bytes(), "escapes and case"),
+        (
+            rst_for("zoË <ADMIN>@contoso.com", "x").into_bytes(),
+            "escapes and case",
+        ),
     ] {
         let got = signin(&gate, "192.0.2.1", body).await;
         assert_eq!(got.status, 500, "{what}");
     }
     assert_eq!(upstream.count(), 0);
     assert_eq!(
-        signin(&gate, "192.0.2.1", rst_for("bob@contoso.com", "x")).await.status,
+        signin(&gate, "192.0.2.1", rst_for("bob@contoso.com", "x"))
+            .await
+            .status,
         200
     );
     let d = gate.wait_decisions(|d| d.len() >= 4);
@@ -153,17 +217,28 @@ async fn user_blocks_read_the_username_token_in_both_versions() {
 #[tokio::test]
 async fn require_2fa_forwards_with_the_step_up_header() {
     let (gate, upstream) = gate().await;
-    add(&gate, r#"{"user": "alice@contoso.com", "ttl": "4h", "action": "require_2fa", "reason": "SOAR: unusual activity"}"#);
+    add(
+        &gate,
+        r#"{"user": "alice@contoso.com", "ttl": "4h", "action": "require_2fa", "reason": "SOAR: unusual activity"}"#,
+    );
     let got = signin(&gate, "192.0.2.1", rst_for("Alice@contoso.com", "pw")).await;
     assert_eq!(got.status, 200);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-stsgate-step-up"], "required");
     let d = gate.wait_decisions(|d| d.len() >= 1);
-    assert_eq!((d[0]["stage"].as_str(), d[0]["action"].as_str()), (Some("dynamic_block"), Some("require_2fa")));
+    assert_eq!(
+        (d[0]["stage"].as_str(), d[0]["action"].as_str()),
+        (Some("dynamic_block"), Some("require_2fa"))
+    );
     // Another user is untouched.
     signin(&gate, "192.0.2.1", rst_for("bob@contoso.com", "pw")).await;
-    assert!(upstream.seen()[1].headers.get("x-stsgate-step-up").is_none());
+    assert!(
+        upstream.seen()[1]
+            .headers
+            .get("x-stsgate-step-up")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -175,7 +250,10 @@ async fn blocks_are_listed_extended_deleted_and_expire() {
         "/api/v1/blocks",
         Some(r#"{"ip": "198.51.100.0/24", "ttl": "2h", "reason": "again"}"#),
     );
-    assert_eq!(status, 200, "the same block posted twice is extended: {again}");
+    assert_eq!(
+        status, 200,
+        "the same block posted twice is extended: {again}"
+    );
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["result"], "extended");
     assert!(again["ttl_left_seconds"].as_u64().unwrap() > 3600);
@@ -186,8 +264,14 @@ async fn blocks_are_listed_extended_deleted_and_expire() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     let (_, list) = gate.api("GET", "/api/v1/blocks?ip=198.51.101.1", None);
     assert_eq!(list.as_array().unwrap().len(), 0);
-    assert_eq!(gate.api("DELETE", &format!("/api/v1/blocks/{id}"), None).0, 204);
-    assert_eq!(gate.api("DELETE", &format!("/api/v1/blocks/{id}"), None).0, 404);
+    assert_eq!(
+        gate.api("DELETE", &format!("/api/v1/blocks/{id}"), None).0,
+        204
+    );
+    assert_eq!(
+        gate.api("DELETE", &format!("/api/v1/blocks/{id}"), None).0,
+        404
+    );
     let rst = fixture("rst-2005-usernamemixed.xml");
     assert_eq!(signin(&gate, "198.51.100.9", rst.clone()).await.status, 200);
 
@@ -196,11 +280,12 @@ async fn blocks_are_listed_extended_deleted_and_expire() {
     assert_eq!(signin(&gate, "192.0.2.77", rst.clone()).await.status, 500);
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(signin(&gate, "192.0.2.77", rst.clone()).await.status, 200);
-    assert!(gate.wait_until(Duration::from_secs(3), |g| g
-        .api("GET", "/api/v1/blocks", None)
-        .1
-        .as_array()
-        .is_some_and(|a| a.is_empty())));
+    assert!(gate.wait_until(Duration::from_secs(3), |g| {
+        g.api("GET", "/api/v1/blocks", None)
+            .1
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    }));
     assert!(gate.wait_stderr("block expired"));
     assert_eq!(upstream.count(), 2);
 }
@@ -208,12 +293,17 @@ async fn blocks_are_listed_extended_deleted_and_expire() {
 #[tokio::test]
 async fn blocks_survive_a_restart_and_a_kill_during_writes() {
     let (gate, upstream) = gate().await;
-    add(&gate, r#"{"user": "eve@contoso.com", "ttl": "1h", "reason": "kept"}"#);
+    add(
+        &gate,
+        r#"{"user": "eve@contoso.com", "ttl": "1h", "reason": "kept"}"#,
+    );
     let gate = gate.restart(false);
     let (_, list) = gate.api("GET", "/api/v1/blocks", None);
     assert_eq!(list[0]["reason"], "kept", "{list}");
     assert_eq!(
-        signin(&gate, "192.0.2.1", rst_for("eve@contoso.com", "x")).await.status,
+        signin(&gate, "192.0.2.1", rst_for("eve@contoso.com", "x"))
+            .await
+            .status,
         500
     );
     // A burst of writes, killed in the middle: what was answered 201 before
@@ -231,7 +321,11 @@ async fn blocks_survive_a_restart_and_a_kill_during_writes() {
     assert_eq!(status, 200);
     let n = list.as_array().unwrap().len();
     assert!((1..=201).contains(&n), "{n} blocks after kill -9");
-    assert!(gate.stderr().iter().any(|l| l.contains("gate state loaded")));
+    assert!(
+        gate.stderr()
+            .iter()
+            .any(|l| l.contains("gate state loaded"))
+    );
     drop(upstream);
 }
 
@@ -255,11 +349,22 @@ async fn cli_and_explain_see_live_blocks() {
     let config = config.to_str().unwrap();
     let admin = format!("http://{}", gate.admin);
     let (code, out, err) = stsgate(&[
-        "block", "add", "--ip", "198.51.100.0/24", "--ttl", "4h", "--reason", "from the shell",
-        "--config", config,
+        "block",
+        "add",
+        "--ip",
+        "198.51.100.0/24",
+        "--ttl",
+        "4h",
+        "--reason",
+        "from the shell",
+        "--config",
+        config,
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ip 198.51.100.0/24") && out.contains("refuse"), "{out}");
+    assert!(
+        out.contains("ip 198.51.100.0/24") && out.contains("refuse"),
+        "{out}"
+    );
     let id = out.split_whitespace().next().unwrap().to_string();
     let (code, out, err) = stsgate(&["block", "list", "--config", config]);
     assert_eq!(code, 0, "{err}");
@@ -275,18 +380,49 @@ async fn cli_and_explain_see_live_blocks() {
     assert_eq!(report["action"], "refuse");
     assert_eq!(report["state"], "live");
     assert_eq!(report["steps"][0]["stage"], "dynamic_block");
-    assert!(report["entry"]["text"].as_str().unwrap().contains("from the shell"));
-    let (code, out, _) = stsgate(&["explain", "--config", config, "--admin", &admin, "--ip", "198.51.100.5"]);
+    assert!(
+        report["entry"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("from the shell")
+    );
+    let (code, out, _) = stsgate(&[
+        "explain",
+        "--config",
+        config,
+        "--admin",
+        &admin,
+        "--ip",
+        "198.51.100.5",
+    ]);
     assert_eq!(code, 0);
-    assert!(out.contains("FIRED") && out.contains("dynamic_block"), "{out}");
+    assert!(
+        out.contains("FIRED") && out.contains("dynamic_block"),
+        "{out}"
+    );
 
     // Wrong token, gate not running: clear errors.
     let bad = gate.dir.path().join("bad.token");
     std::fs::write(&bad, "nope-nope-nope\n").unwrap();
-    let (code, _, err) = stsgate(&["block", "list", "--admin", &admin, "--token-file", bad.to_str().unwrap()]);
+    let (code, _, err) = stsgate(&[
+        "block",
+        "list",
+        "--admin",
+        &admin,
+        "--token-file",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("refused the admin token"), "{err}");
-    let (code, _, err) = stsgate(&["block", "remove", &id, "--admin", "http://127.0.0.1:9", "--token-file", bad.to_str().unwrap()]);
+    let (code, _, err) = stsgate(&[
+        "block",
+        "remove",
+        &id,
+        "--admin",
+        "http://127.0.0.1:9",
+        "--token-file",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach"), "{err}");
     let (code, out, err) = stsgate(&["block", "remove", &id, "--config", config]);
@@ -294,10 +430,32 @@ async fn cli_and_explain_see_live_blocks() {
     assert!(out.contains("removed"));
 
     // Stopped gate: explain reads the stored state itself.
-    stsgate(&["block", "add", "--user", "mallory@contoso.com", "--ttl", "1h", "--config", config]);
+    stsgate(&[
+        "block",
+        "add",
+        "--user",
+        "mallory@contoso.com",
+        "--ttl",
+        "1h",
+        "--config",
+        config,
+    ]);
     let kept = gate.stop();
-    let (code, out, err) = stsgate(&["explain", "--config", kept.path().join("stsgate.toml").to_str().unwrap(), "--ip", "192.0.2.1", "--user", "Mallory@Contoso.com", "--json"]);
+    let (code, out, err) = stsgate(&[
+        "explain",
+        "--config",
+        kept.path().join("stsgate.toml").to_str().unwrap(),
+        "--ip",
+        "192.0.2.1",
+        "--user",
+        "Mallory@Contoso.com",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["stage"].as_str(), v["state"].as_str()), (Some("dynamic_block"), Some("stored")), "{v}");
+    assert_eq!(
+        (v["stage"].as_str(), v["state"].as_str()),
+        (Some("dynamic_block"), Some("stored")),
+        "{v}"
+    );
 }

@@ -50,14 +50,28 @@ async fn header_limits_answer_431_over_http2_too() {
     });
     let client = https_client(&certs, true);
     let big = "a".repeat(70_000);
-    let got = send(&client, post(&gate.url(USERNAMEMIXED), &[("x-big", &big)], "x")).await;
+    let got = send(
+        &client,
+        post(&gate.url(USERNAMEMIXED), &[("x-big", &big)], "x"),
+    )
+    .await;
     assert_eq!((got.status, got.version), (431, http::Version::HTTP_2));
-    let many: Vec<(String, String)> = (0..150).map(|i| (format!("x-h{i}"), "1".to_string())).collect();
+    let many: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("x-h{i}"), "1".to_string()))
+        .collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let got = send(&client, post(&gate.url(USERNAMEMIXED), &many, "x")).await;
     assert_eq!(got.status, 431);
     // The connection is still good for a normal request.
-    let got = send(&client, post(&gate.url(USERNAMEMIXED), &[], fixture("rst-2005-usernamemixed.xml"))).await;
+    let got = send(
+        &client,
+        post(
+            &gate.url(USERNAMEMIXED),
+            &[],
+            fixture("rst-2005-usernamemixed.xml"),
+        ),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(upstream.count(), 1);
     assert_eq!(

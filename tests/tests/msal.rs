@@ -173,12 +173,19 @@ async fn msal_mex_fetch_passes_the_gate() {
         .output()
         .await
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], 200, "{v}");
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/adfs/services/trust/mex"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("GET", "/adfs/services/trust/mex")
+    );
     // The same GET on a sign-in path is decided, and refused by these rules.
     let got = send(
         &http_client(),

@@ -21,7 +21,6 @@ const RULES: &str = "[request_blocking]\nenabled = false\n[lockout]\nthreshold =
 /// The right password of every user.
 const RIGHT: &str = "correct horse & battery";
 
-
 /// An upstream that checks the password like an STS.
 async fn sts() -> Upstream {
     let upstream = Upstream::start().await;

@@ -201,11 +201,13 @@ impl Admin {
             },
             (
                 _,
-                "/api/v1/reload" | "/api/v1/blocks" | "/api/v1/blocks/{id}" | "/api/v1/explain"
-                | "/api/v1/lockouts" | "/api/v1/lockouts/{user}",
-            ) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "", "method not allowed")
-            }
+                "/api/v1/reload"
+                | "/api/v1/blocks"
+                | "/api/v1/blocks/{id}"
+                | "/api/v1/explain"
+                | "/api/v1/lockouts"
+                | "/api/v1/lockouts/{user}",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "", "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "", "not found"),
         }
     }
@@ -271,7 +273,11 @@ impl Admin {
             })
             .collect();
         let all_new = added.iter().all(|(_, how)| *how == Added::Created);
-        let status = if all_new { StatusCode::CREATED } else { StatusCode::OK };
+        let status = if all_new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
         match (body.is_array(), shown.into_iter().next()) {
             (false, Some(one)) => json(status, &one),
             _ => json(
@@ -371,10 +377,21 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Response
                 format!("the body is larger than {} KiB", MAX_API_BODY / 1024),
             ));
         }
-        Err(_) => return Err(error(StatusCode::BAD_REQUEST, "", "the body could not be read")),
+        Err(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "",
+                "the body could not be read",
+            ));
+        }
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "", format!("the body is not JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "",
+            format!("the body is not JSON: {e}"),
+        )
+    })
 }
 
 /// `k=v&k=v`, percent-decoded (`+` is a space).
@@ -397,7 +414,8 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;

@@ -104,8 +104,7 @@ mod tests {
     #[test]
     fn fault_matches_the_sts_fixture_but_for_timestamps() {
         let fixture =
-            include_str!("../../../testdata/wstrust/fault-failed-authentication.xml")
-                .trim();
+            include_str!("../../../testdata/wstrust/fault-failed-authentication.xml").trim();
         let ours = soap_fault(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_428_001));
         let ours = std::str::from_utf8(&ours).unwrap();
         let strip = |s: &str| {

@@ -579,13 +579,20 @@ impl Config {
             if urls.is_empty() {
                 urls.push(http::Uri::from_static("http://invalid"));
             }
-            let health_check = u.health_check.as_ref().and_then(|h| {
-                match h.get_ref().parse::<http::uri::PathAndQuery>() {
-                    Ok(p) if p.as_str().starts_with('/') => Some(p),
-                    _ => {
-                        v.error(h, format!("invalid health_check {:?}: a path such as \"/adfs/probe\"", h.get_ref()));
-                        None
-                    }
+            let health_check = u.health_check.as_ref().and_then(|h| match h
+                .get_ref()
+                .parse::<http::uri::PathAndQuery>(
+            ) {
+                Ok(p) if p.as_str().starts_with('/') => Some(p),
+                _ => {
+                    v.error(
+                        h,
+                        format!(
+                            "invalid health_check {:?}: a path such as \"/adfs/probe\"",
+                            h.get_ref()
+                        ),
+                    );
+                    None
                 }
             });
             let eject_for = v.duration(u.eject_for.as_ref(), Duration::from_secs(30));
@@ -612,19 +619,14 @@ impl Config {
 
         let client_ip = {
             let c = &raw.client_ip;
-            let trusted_proxies = match crate::trusted::compile(
-                path,
-                text,
-                &c.trusted_proxies,
-                &v.base,
-                last_good,
-            ) {
-                Ok(set) => crate::trusted::TrustedProxies::new(set),
-                Err(mut e) => {
-                    v.errors.append(&mut e);
-                    crate::trusted::TrustedProxies::default()
-                }
-            };
+            let trusted_proxies =
+                match crate::trusted::compile(path, text, &c.trusted_proxies, &v.base, last_good) {
+                    Ok(set) => crate::trusted::TrustedProxies::new(set),
+                    Err(mut e) => {
+                        v.errors.append(&mut e);
+                        crate::trusted::TrustedProxies::default()
+                    }
+                };
             let headers = match &c.headers {
                 None => DEFAULT_HEADERS
                     .iter()
@@ -938,17 +940,29 @@ fn blank(text: &str, offset: usize) -> Option<(String, String)> {
             }
             end = next;
         }
-        (end, header.trim_matches(|c| c == '[' || c == ']').to_string())
+        (
+            end,
+            header.trim_matches(|c| c == '[' || c == ']').to_string(),
+        )
     } else {
         (
             line_end(start),
             first.split('=').next().unwrap_or("").trim().to_string(),
         )
     };
-    let key = key.rsplit('.').next().unwrap_or("").trim_matches(['"', '\'', ' ']).to_string();
+    let key = key
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .trim_matches(['"', '\'', ' '])
+        .to_string();
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..start]);
-    out.extend(text[start..end].chars().map(|c| if c == '\n' { c } else { ' ' }));
+    out.extend(
+        text[start..end]
+            .chars()
+            .map(|c| if c == '\n' { c } else { ' ' }),
+    );
     out.push_str(&text[end..]);
     Some((out, key))
 }
@@ -1070,7 +1084,10 @@ mod tests {
         assert_eq!(c.upstream.urls.len(), 2);
         assert_eq!(c.upstream.url, c.upstream.urls[0]);
         assert_eq!(c.upstream.farm.len(), 2);
-        assert_eq!(c.upstream.health_check.as_ref().unwrap().as_str(), "/adfs/probe");
+        assert_eq!(
+            c.upstream.health_check.as_ref().unwrap().as_str(),
+            "/adfs/probe"
+        );
         assert_eq!(c.upstream.health_interval, Duration::from_secs(2));
         assert_eq!(c.upstream.eject_for, Duration::from_secs(30));
         for (text, want) in [
@@ -1079,7 +1096,10 @@ mod tests {
             ("urls = [\"http://a\", \"ftp://b\"]", "invalid upstream url"),
             ("urls = []", "needs url"),
             ("timeout = \"5s\"", "needs url"),
-            ("url = \"http://a\"\nhealth_check = \"probe\"", "invalid health_check"),
+            (
+                "url = \"http://a\"\nhealth_check = \"probe\"",
+                "invalid health_check",
+            ),
         ] {
             let e = Config::parse("s.toml", &format!("rules = \"r\"\n[upstream]\n{text}\n"))
                 .unwrap_err();
@@ -1110,10 +1130,16 @@ mod tests {
         let (config, errors) = Config::parse_all("s.toml", text);
         let e: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(e.len(), 4, "{e:?}");
-        assert!(e[0].starts_with("s.toml:3:1: unknown field `bogus`"), "{e:?}");
+        assert!(
+            e[0].starts_with("s.toml:3:1: unknown field `bogus`"),
+            "{e:?}"
+        );
         assert!(e[1].starts_with("s.toml:8:11: invalid type"), "{e:?}");
         assert!(e[2].starts_with("s.toml:11:12: invalid size"), "{e:?}");
-        assert!(e[3].starts_with("s.toml:12:2: unknown field `nonsense`"), "{e:?}");
+        assert!(
+            e[3].starts_with("s.toml:12:2: unknown field `nonsense`"),
+            "{e:?}"
+        );
         let c = config.expect("the config as far as it validated");
         assert_eq!(c.positions.get("listen.tls_cert"), Some((4, 12)));
         assert_eq!(c.positions.get("upstream.ca_file"), Some((9, 11)));
@@ -1121,12 +1147,17 @@ mod tests {
         assert_eq!(c.positions.get("geoip.country_db"), None);
         assert!(Config::parse("s.toml", text).is_err());
         // a required key with a bad value is not reported missing as well
-        let e = Config::parse("s.toml", "rules = 1\n[upstream]\nurl = \"http://sts\"\n").unwrap_err();
+        let e =
+            Config::parse("s.toml", "rules = 1\n[upstream]\nurl = \"http://sts\"\n").unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         // a rule file handed over as the config
         let e = Config::parse("r.toml", "[request_blocking.ip]\nrule = \"deny\"\n").unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].to_string().starts_with("r.toml:1:1: this looks like a rule file"), "{e:?}");
+        assert!(
+            e[0].to_string()
+                .starts_with("r.toml:1:1: this looks like a rule file"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -86,7 +86,9 @@ impl<'a> RequestFacts<'a> {
 
     /// The user agent the decision log shows: `X-MS-Client-User-Agent`, else `User-Agent`.
     pub fn shown_user_agent(&self) -> Option<&str> {
-        self.user_agent.as_deref().or(self.http_user_agent.as_deref())
+        self.user_agent
+            .as_deref()
+            .or(self.http_user_agent.as_deref())
     }
 
     /// The facts as the stages read them.
@@ -245,11 +247,17 @@ mod tests {
             (d, steps.first().map(|s| s.stage))
         };
         let (d, first) = run("192.0.2.1", Some("eve@contoso.COM"), &HeaderMap::new());
-        assert_eq!((d.stage, d.action, d.list.as_deref()), (Stage::DynamicBlock, Action::Refuse, Some("user")));
+        assert_eq!(
+            (d.stage, d.action, d.list.as_deref()),
+            (Stage::DynamicBlock, Action::Refuse, Some("user"))
+        );
         assert_eq!(first, Some(Stage::DynamicBlock));
         // A step-up block and nothing else: recorded as the block's require_2fa.
         let (d, _) = run("198.51.100.9", None, &HeaderMap::new());
-        assert_eq!((d.stage, d.action, d.step_up), (Stage::DynamicBlock, Action::Require2fa, true));
+        assert_eq!(
+            (d.stage, d.action, d.step_up),
+            (Stage::DynamicBlock, Action::Require2fa, true)
+        );
         // A step-up block, then a refusal by request blocking (User-Agent read
         // when X-MS-Client-User-Agent is absent): refused.
         let (d, _) = run("198.51.100.9", None, &h);

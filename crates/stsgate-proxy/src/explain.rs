@@ -203,9 +203,7 @@ pub fn explain(
     let class = PathFilter::new(&config.filter).classify(path);
     let mut steps: Vec<Step<'_>> = Vec::new();
     let decision = match class {
-        PathClass::Filtered => {
-            corridor::decide(&request.facts(), blocks, guard, rules, &mut steps)
-        }
+        PathClass::Filtered => corridor::decide(&request.facts(), blocks, guard, rules, &mut steps),
         PathClass::Refuse => {
             stsgate_rules::Decision::plain(stsgate_rules::Stage::Path, Action::Refuse)
         }

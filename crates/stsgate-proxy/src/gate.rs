@@ -17,8 +17,8 @@ use stsgate_state::{GateState, Lesson, SignIn};
 
 use crate::blocked::{self, Refusal};
 use crate::client_ip::{self, ClientAddrs};
-use crate::corridor::{self, RequestFacts, Verdict};
 use crate::config::Config;
+use crate::corridor::{self, RequestFacts, Verdict};
 use crate::decision_log::{DecisionLog, Event, bounded};
 use crate::geoip::GeoIp;
 use crate::metrics::{Metrics, UpstreamClass};
@@ -198,9 +198,9 @@ impl Gate {
                 tokio::time::sleep(self.delay.next()).await;
                 blocked::answer(Refusal::Blocked(self.config.blocked))
             }
-            Action::Redirect => {
-                blocked::answer(Refusal::Redirect(verdict.redirect_url.as_deref().unwrap_or("/")))
-            }
+            Action::Redirect => blocked::answer(Refusal::Redirect(
+                verdict.redirect_url.as_deref().unwrap_or("/"),
+            )),
             _ => {
                 let facts = ForwardFacts {
                     peer: conn.peer,
@@ -284,7 +284,9 @@ impl Gate {
         };
         if let Some(alert) = self.state.guard.compromise(&facts, lockout) {
             self.state
-                .raise(stsgate_state::StateEvent::CompromiseSuspected(Arc::new(alert)));
+                .raise(stsgate_state::StateEvent::CompromiseSuspected(Arc::new(
+                    alert,
+                )));
         }
     }
 
@@ -356,7 +358,12 @@ impl Gate {
 
     /// A filtered request the gate cannot read (too large, too slow,
     /// malformed): answered with its 4xx, counted and logged.
-    fn reject(&self, parts: &http::request::Parts, conn: Conn, status: StatusCode) -> Response<Body> {
+    fn reject(
+        &self,
+        parts: &http::request::Parts,
+        conn: Conn,
+        status: StatusCode,
+    ) -> Response<Body> {
         let reason = match status {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::REQUEST_TIMEOUT => "body_timeout",

@@ -216,7 +216,10 @@ impl Metrics {
             registry,
         };
         let build_info = prometheus::IntGaugeVec::new(
-            Opts::new("stsgate_build_info", "Always 1; the version that is running."),
+            Opts::new(
+                "stsgate_build_info",
+                "Always 1; the version that is running.",
+            ),
             &["version"],
         )
         .expect("valid metric");

@@ -133,7 +133,9 @@ impl Server {
         let (state, redis) = open_state(&config, &metrics).await?;
         // Other instances' lessons are learned with these until this one learns its own.
         let current = rules.current();
-        state.guard.remember(current.lockout.as_ref(), current.spray.as_ref());
+        state
+            .guard
+            .remember(current.lockout.as_ref(), current.spray.as_ref());
         // Alerts: the state's events go to the alert queue (never waiting).
         let alerts =
             crate::alerts::AlertSender::new(&config, metrics.registry()).map_err(|errors| {
@@ -260,7 +262,11 @@ impl Server {
             .map(|r| tokio::spawn(r.follow(self.gate.state.clone(), state_stop_rx.clone())));
         // Lessons shared with the other instances (stsgate_state::share).
         let share_task = self.redis.clone().map(|r| {
-            tokio::spawn(stsgate_state::share::run(r, self.gate.state.clone(), state_stop_rx))
+            tokio::spawn(stsgate_state::share::run(
+                r,
+                self.gate.state.clone(),
+                state_stop_rx,
+            ))
         });
         // The alert sender outlives the state's tasks, then flushes (bounded).
         let (alerts_stop, alerts_stop_rx) = watch::channel(false);

@@ -87,16 +87,14 @@ impl RequestBlocking {
             self.application
                 .as_ref()
                 .map(|l| (Stage::Application, l.rule, l.fires(facts.application))),
-            self.user_agent
-                .as_ref()
-                .map(|l| {
-                    let value = match self.user_agent_header {
-                        crate::model::UserAgentHeader::Auto => facts.user_agent(),
-                        crate::model::UserAgentHeader::MsClient => facts.user_agent,
-                        crate::model::UserAgentHeader::UserAgent => facts.http_user_agent,
-                    };
-                    (Stage::UserAgent, l.rule, l.fires(value))
-                }),
+            self.user_agent.as_ref().map(|l| {
+                let value = match self.user_agent_header {
+                    crate::model::UserAgentHeader::Auto => facts.user_agent(),
+                    crate::model::UserAgentHeader::MsClient => facts.user_agent,
+                    crate::model::UserAgentHeader::UserAgent => facts.http_user_agent,
+                };
+                (Stage::UserAgent, l.rule, l.fires(value))
+            }),
         ];
         let mut first_block: Option<(Stage, &'static str, Option<&'r Entry>)> = None;
         let (mut configured, mut blocking) = (0, 0);

@@ -419,7 +419,10 @@ fn user_agent_header_per_section() {
     assert_eq!(with("", None, py), Action::Refuse);
     assert_eq!(with("", phone, py), Action::Forward);
     assert_eq!(with("header = \"auto\"", py, phone), Action::Refuse);
-    assert_eq!(with("header = \"x-ms-client-user-agent\"", None, py), Action::Forward);
+    assert_eq!(
+        with("header = \"x-ms-client-user-agent\"", None, py),
+        Action::Forward
+    );
     assert_eq!(with("header = \"user-agent\"", phone, py), Action::Refuse);
     assert!(RuleSet::compile(
         "r.toml",

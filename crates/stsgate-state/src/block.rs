@@ -110,7 +110,8 @@ impl Block {
             reason,
             origin,
             created_at_ms: now_ms,
-            expires_at_ms: now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            expires_at_ms: now_ms
+                .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -210,10 +211,7 @@ impl NewBlock {
     /// Validates one JSON object of `POST /api/v1/blocks`: `ip` or `user`,
     /// `ttl` (a duration string or seconds), optional `action`, `reason`,
     /// `origin`. Every problem names its field.
-    pub fn from_json(
-        value: &serde_json::Value,
-        max_ttl: Duration,
-    ) -> Result<NewBlock, FieldError> {
+    pub fn from_json(value: &serde_json::Value, max_ttl: Duration) -> Result<NewBlock, FieldError> {
         let Some(map) = value.as_object() else {
             return Err(bad("", "expected a JSON object"));
         };
@@ -301,8 +299,7 @@ impl NewBlock {
             Some(o)
                 if !o.is_empty()
                     && o.len() <= MAX_ORIGIN
-                    && o
-                        .bytes()
+                    && o.bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
                 o.to_ascii_lowercase()
@@ -366,7 +363,9 @@ pub fn normalize_check(b: &Block) -> bool {
     };
     target_ok
         && b.id == block_id(&b.target, b.action)
-        && b.reason.as_ref().is_none_or(|r| r.chars().count() <= MAX_REASON)
+        && b.reason
+            .as_ref()
+            .is_none_or(|r| r.chars().count() <= MAX_REASON)
         && b.origin.len() <= MAX_ORIGIN
 }
 
@@ -390,11 +389,16 @@ impl BlockTable {
     pub fn build(blocks: impl IntoIterator<Item = Arc<Block>>) -> BlockTable {
         let mut blocks: Vec<Arc<Block>> = blocks.into_iter().collect();
         blocks.sort_by(|a, b| {
-            (a.action != BlockAction::Refuse, std::cmp::Reverse(a.expires_at_ms), &a.id).cmp(&(
-                b.action != BlockAction::Refuse,
-                std::cmp::Reverse(b.expires_at_ms),
-                &b.id,
-            ))
+            (
+                a.action != BlockAction::Refuse,
+                std::cmp::Reverse(a.expires_at_ms),
+                &a.id,
+            )
+                .cmp(&(
+                    b.action != BlockAction::Refuse,
+                    std::cmp::Reverse(b.expires_at_ms),
+                    &b.id,
+                ))
         });
         let mut patterns = Vec::new();
         let mut users = HashMap::new();
@@ -446,9 +450,7 @@ impl BlockTable {
         } else {
             self.users.get(user)
         };
-        found
-            .map(|&i| self.at(i))
-            .filter(|(b, _)| b.live(now_ms))
+        found.map(|&i| self.at(i)).filter(|(b, _)| b.live(now_ms))
     }
 
     fn at(&self, i: EntryId) -> (&Block, &Entry) {
@@ -482,18 +484,42 @@ mod tests {
         for (body, field, words) in [
             (json!({"ip": "1.2.3.4"}), "ttl", "missing ttl"),
             (json!({"ip": "1.2.3.999", "ttl": "1h"}), "ip", "ip:"),
-            (json!({"ip": "1.2.3.4", "user": "a", "ttl": "1h"}), "ip", "not both"),
+            (
+                json!({"ip": "1.2.3.4", "user": "a", "ttl": "1h"}),
+                "ip",
+                "not both",
+            ),
             (json!({"ttl": "1h"}), "ip", "missing ip or user"),
             (json!({"ip": "1.2.3.4", "ttl": "soon"}), "ttl", "ttl:"),
             (json!({"ip": "1.2.3.4", "ttl": "31d"}), "ttl", "max_ttl"),
-            (json!({"ip": "1.2.3.4", "ttl": 0}), "ttl", "longer than zero"),
+            (
+                json!({"ip": "1.2.3.4", "ttl": 0}),
+                "ttl",
+                "longer than zero",
+            ),
             (json!({"ip": "1.2.3.4", "ttl": -5}), "ttl", "whole positive"),
-            (json!({"ip": "1.2.3.4", "ttl": "1h", "action": "deny"}), "action", "unknown action"),
-            (json!({"ip": "1.2.3.4", "ttl": "1h", "colour": 1}), "", "unknown field \"colour\""),
+            (
+                json!({"ip": "1.2.3.4", "ttl": "1h", "action": "deny"}),
+                "action",
+                "unknown action",
+            ),
+            (
+                json!({"ip": "1.2.3.4", "ttl": "1h", "colour": 1}),
+                "",
+                "unknown field \"colour\"",
+            ),
             (json!({"user": "", "ttl": "1h"}), "user", "empty"),
             (json!({"user": 5, "ttl": "1h"}), "user", "must be a string"),
-            (json!({"ip": "1.2.3.4", "ttl": "1h", "reason": "x".repeat(257)}), "reason", "longer"),
-            (json!({"ip": "1.2.3.4", "ttl": "1h", "origin": "a b"}), "origin", "origin must"),
+            (
+                json!({"ip": "1.2.3.4", "ttl": "1h", "reason": "x".repeat(257)}),
+                "reason",
+                "longer",
+            ),
+            (
+                json!({"ip": "1.2.3.4", "ttl": "1h", "origin": "a b"}),
+                "origin",
+                "origin must",
+            ),
             (json!([1]), "", "object"),
         ] {
             let e = new(body.clone()).unwrap_err();
@@ -511,8 +537,8 @@ mod tests {
         let bb = Block::new(b.target, b.action, None, b.origin, 0, b.ttl);
         assert_eq!(ba.id, bb.id);
         let u1 = new(json!({"user": "Alice@Contoso.com", "ttl": 60})).unwrap();
-        let u2 = new(json!({"user": "alice@contoso.com", "ttl": 60, "action": "require_2fa"}))
-            .unwrap();
+        let u2 =
+            new(json!({"user": "alice@contoso.com", "ttl": 60, "action": "require_2fa"})).unwrap();
         assert_eq!(u1.target, u2.target);
         let b1 = Block::new(u1.target, u1.action, None, u1.origin, 0, u1.ttl);
         let b2 = Block::new(u2.target, u2.action, None, u2.origin, 0, u2.ttl);
@@ -523,19 +549,31 @@ mod tests {
     fn table_lookups() {
         let mk = |v: serde_json::Value, now: u64| {
             let n = new(v).unwrap();
-            Arc::new(Block::new(n.target, n.action, n.reason, n.origin, now, n.ttl))
+            Arc::new(Block::new(
+                n.target, n.action, n.reason, n.origin, now, n.ttl,
+            ))
         };
-        let soft = mk(json!({"ip": "10.0.0.0/8", "ttl": 100, "action": "require_2fa"}), 0);
+        let soft = mk(
+            json!({"ip": "10.0.0.0/8", "ttl": 100, "action": "require_2fa"}),
+            0,
+        );
         let hard = mk(json!({"ip": "10.1.0.0/16", "ttl": 10}), 0);
         let star = mk(json!({"ip": "5.143.*.*", "ttl": 10}), 0);
         let user = mk(json!({"user": "D'Arcy@Contoso.com", "ttl": 10}), 0);
         let t = BlockTable::build([soft.clone(), hard.clone(), star, user]);
         assert_eq!(t.counts(), (3, 1));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(t.by_ip(&[ip("10.1.2.3")], 1).unwrap().0.id, hard.id, "refuse wins");
+        assert_eq!(
+            t.by_ip(&[ip("10.1.2.3")], 1).unwrap().0.id,
+            hard.id,
+            "refuse wins"
+        );
         assert_eq!(t.by_ip(&[ip("10.2.2.3")], 1).unwrap().0.id, soft.id);
         assert!(t.by_ip(&[ip("11.0.0.1")], 1).is_none());
-        assert!(t.by_ip(&[ip("11.0.0.1"), ip("5.143.9.9")], 1).is_some(), "any address");
+        assert!(
+            t.by_ip(&[ip("11.0.0.1"), ip("5.143.9.9")], 1).is_some(),
+            "any address"
+        );
         assert!(t.by_ip(&[ip("5.143.9.9")], 10_000).is_none(), "expired");
         assert!(t.by_user("d'arcy@CONTOSO.com", 1).is_some());
         assert!(t.by_user("darcy@contoso.com", 1).is_none());

@@ -26,24 +26,23 @@ impl Embedded {
     /// that is not a database, a directory without permission, a full disk:
     /// an error that says which file and why.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create state.dir {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create state.dir {}: {e}", dir.display())))?;
         let path = dir.join(FILE);
         // A small page cache: the store is written behind and read at start.
         let db = Database::builder()
             .set_cache_size(8 * 1024 * 1024)
             .create(&path)
             .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
-                "the state store {} is in use by another stsgate process",
-                path.display()
-            )),
-            e => StoreError(format!("cannot open the state store {}: {e}", path.display())),
-        })?;
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                    "the state store {} is in use by another stsgate process",
+                    path.display()
+                )),
+                e => StoreError(format!(
+                    "cannot open the state store {}: {e}",
+                    path.display()
+                )),
+            })?;
         // Make sure the table exists, so reads of a new store work.
         let txn = db.begin_write().map_err(|e| err(&path, e))?;
         txn.open_table(RECORDS).map_err(|e| err(&path, e))?;
@@ -76,7 +75,9 @@ impl Embedded {
                             .map_err(|e| err(&self.path, e))?;
                     }
                     Change::Remove { .. } => {
-                        table.remove(full.as_str()).map_err(|e| err(&self.path, e))?;
+                        table
+                            .remove(full.as_str())
+                            .map_err(|e| err(&self.path, e))?;
                     }
                 }
             }
@@ -202,8 +203,15 @@ mod tests {
     #[test]
     fn a_corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE), b"this is not a database, just some bytes").unwrap();
-        let e = Embedded::open(dir.path()).err().expect("refused").to_string();
+        std::fs::write(
+            dir.path().join(FILE),
+            b"this is not a database, just some bytes",
+        )
+        .unwrap();
+        let e = Embedded::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("state.redb"), "{e}");
     }
 }

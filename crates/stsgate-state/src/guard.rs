@@ -14,7 +14,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stsgate_rules::{Action, Decision, Facts, LockoutSettings, Mode, Outcome, SpraySettings, Stage, Step, Trace};
+use stsgate_rules::{
+    Action, Decision, Facts, LockoutSettings, Mode, Outcome, SpraySettings, Stage, Step, Trace,
+};
 
 use crate::service::{CompromiseAlert, LockoutAlert, SprayAlert};
 use crate::stage::Flow;
@@ -148,9 +150,11 @@ struct UserRecord {
 
 impl UserRecord {
     fn is_familiar(&self, locations: &[IpAddr], now: u64) -> bool {
-        locations
-            .iter()
-            .all(|ip| self.familiar.iter().any(|(f, until)| f == ip && *until > now))
+        locations.iter().all(|ip| {
+            self.familiar
+                .iter()
+                .any(|(f, until)| f == ip && *until > now)
+        })
     }
 
     /// When everything in the record has ended.
@@ -216,7 +220,11 @@ pub struct Lesson {
     /// The user (any case).
     pub user: String,
     /// The password's keyed hash, when the request carried one.
-    #[serde(default, with = "crate::share::hex_key", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::share::hex_key",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub password_key: Option<PasswordKey>,
     /// Every address the request carried (trusted proxies aside), client first.
     pub locations: Vec<IpAddr>,
@@ -359,7 +367,11 @@ impl Guard {
                 let record = users.get(key);
                 let familiar = record.is_some_and(|r| r.is_familiar(facts.locations(), now));
                 let mut found = record.and_then(|r| {
-                    let count = if familiar { r.familiar_count } else { r.unfamiliar };
+                    let count = if familiar {
+                        r.familiar_count
+                    } else {
+                        r.unfamiliar
+                    };
                     count.locked(l.threshold, window, now).then_some(familiar)
                 });
                 if found.is_none() && !familiar {
@@ -458,8 +470,8 @@ impl Guard {
                         let overlap = failed.iter().filter(|u| flying.contains_key(*u)).count()
                             + usize::from(flying.contains_key(&this) && !failed.contains(&this));
                         let others = flying.len().saturating_sub(overlap);
-                        sprayed = others > 0
-                            && failed.len() + others >= s.same_password_users as usize;
+                        sprayed =
+                            others > 0 && failed.len() + others >= s.same_password_users as usize;
                     }
                 }
                 if sprayed {
@@ -524,14 +536,22 @@ impl Guard {
         if let (true, Some(u)) = (unfamiliar, &user) {
             if p.by_user.len() < MAX_SPRAY_KEYS || p.by_user.contains_key(u) {
                 let k = key.unwrap_or_default();
-                *p.by_user.entry(u.clone()).or_default().entry(k).or_default() += 1;
+                *p.by_user
+                    .entry(u.clone())
+                    .or_default()
+                    .entry(k)
+                    .or_default() += 1;
                 held.by_user = Some((u.clone(), k));
             }
         }
         if let Some(k) = key {
             if p.by_password.len() < MAX_SPRAY_KEYS || p.by_password.contains_key(&k) {
                 let u = user.unwrap_or_default();
-                *p.by_password.entry(k).or_default().entry(u.clone()).or_default() += 1;
+                *p.by_password
+                    .entry(k)
+                    .or_default()
+                    .entry(u.clone())
+                    .or_default() += 1;
                 held.by_password = Some((k, u));
             }
         }
@@ -594,7 +614,8 @@ impl Guard {
                         r.familiar.retain(|(f, _)| f != ip);
                         if r.familiar.len() >= MAX_FAMILIAR {
                             // The oldest (soonest to end) goes.
-                            if let Some(i) = (0..r.familiar.len()).min_by_key(|&i| r.familiar[i].1) {
+                            if let Some(i) = (0..r.familiar.len()).min_by_key(|&i| r.familiar[i].1)
+                            {
                                 r.familiar.remove(i);
                             }
                         }
@@ -655,7 +676,9 @@ impl Guard {
                 let mut by_ip = lock(&self.by_ip);
                 if by_ip.len() < MAX_SPRAY_KEYS || by_ip.contains_key(&lesson.client_ip) {
                     let w = by_ip.entry(lesson.client_ip).or_default();
-                    if let Some(users) = count_user(w, &user, lesson.client_ip, now, window, s.distinct_users) {
+                    if let Some(users) =
+                        count_user(w, &user, lesson.client_ip, now, window, s.distinct_users)
+                    {
                         by_ip.remove(&lesson.client_ip);
                         out.spray_ip = Some(SprayAlert {
                             kind: "ip",
@@ -674,7 +697,14 @@ impl Guard {
                 let mut by_pw = lock(&self.by_password);
                 if by_pw.len() < MAX_SPRAY_KEYS || by_pw.contains_key(&key) {
                     let w = by_pw.entry(key).or_default();
-                    if let Some(users) = count_user(w, &user, lesson.client_ip, now, window, s.same_password_users) {
+                    if let Some(users) = count_user(
+                        w,
+                        &user,
+                        lesson.client_ip,
+                        now,
+                        window,
+                        s.same_password_users,
+                    ) {
                         let ips = std::mem::take(&mut w.ips);
                         by_pw.remove(&key);
                         lock(&self.sprayed).insert(key, until);
@@ -862,7 +892,12 @@ impl Guard {
     }
 
     /// Drops what has ended.
-    pub fn purge(&self, lockout: Option<&LockoutSettings>, spray: Option<&SpraySettings>, now: u64) {
+    pub fn purge(
+        &self,
+        lockout: Option<&LockoutSettings>,
+        spray: Option<&SpraySettings>,
+        now: u64,
+    ) {
         let window = lockout.map_or(0, |l| ms(l.observation_window));
         let mut gone = Vec::new();
         lock(&self.users).retain(|u, r| {
@@ -1007,29 +1042,46 @@ mod tests {
     fn smart_lockout_table() {
         let g = Guard::new();
         let (l, s) = (lockout(), spray());
-        let learn = |user, pw, from, result, now| g.learn(&lesson(user, pw, from, result, now), Some(&l), Some(&s));
+        let learn = |user, pw, from, result, now| {
+            g.learn(&lesson(user, pw, from, result, now), Some(&l), Some(&s))
+        };
         // Alice signs in at home: 10.0.0.1 becomes familiar.
         learn("Alice@x", 1, "10.0.0.1", SignIn::Success, 0);
         // An attacker fails three times from elsewhere (different passwords).
         learn("alice@x", 2, "192.0.2.1", SignIn::Failure, MIN);
         learn("alice@x", 3, "192.0.2.2", SignIn::Failure, 2 * MIN);
-        assert_eq!(decide(&g, "alice@x", 9, "192.0.2.3", 2 * MIN).0, Stage::None);
+        assert_eq!(
+            decide(&g, "alice@x", 9, "192.0.2.3", 2 * MIN).0,
+            Stage::None
+        );
         let third = learn("alice@x", 4, "192.0.2.3", SignIn::Failure, 3 * MIN);
         assert!(third.lockout.is_some(), "locked at the threshold");
-        assert_eq!(decide(&g, "alice@x", 9, "192.0.2.9", 4 * MIN), (Stage::Lockout, Action::Refuse));
+        assert_eq!(
+            decide(&g, "alice@x", 9, "192.0.2.9", 4 * MIN),
+            (Stage::Lockout, Action::Refuse)
+        );
         // Home still works, and Alice's success at home does not reset the attacker's count.
         assert_eq!(decide(&g, "ALICE@x", 1, "10.0.0.1", 4 * MIN).0, Stage::None);
         learn("alice@x", 1, "10.0.0.1", SignIn::Success, 5 * MIN);
-        assert_eq!(decide(&g, "alice@x", 9, "192.0.2.9", 6 * MIN).1, Action::Refuse);
+        assert_eq!(
+            decide(&g, "alice@x", 9, "192.0.2.9", 6 * MIN).1,
+            Action::Refuse
+        );
         assert_eq!(g.locked(Some(&l), 6 * MIN).len(), 1);
         // After the window since the last failure: one attempt, a failure relocks.
         let later = 3 * MIN + 30 * MIN + 1;
         assert_eq!(decide(&g, "alice@x", 9, "192.0.2.9", later).0, Stage::None);
         learn("alice@x", 5, "192.0.2.9", SignIn::Failure, later);
-        assert_eq!(decide(&g, "alice@x", 9, "192.0.2.9", later + 1).1, Action::Refuse);
+        assert_eq!(
+            decide(&g, "alice@x", 9, "192.0.2.9", later + 1).1,
+            Action::Refuse
+        );
         // The help desk resets.
         assert!(g.reset("Alice@X"));
-        assert_eq!(decide(&g, "alice@x", 9, "192.0.2.9", later + 2).0, Stage::None);
+        assert_eq!(
+            decide(&g, "alice@x", 9, "192.0.2.9", later + 2).0,
+            Stage::None
+        );
         assert!(!g.reset("nobody@x"));
     }
 
@@ -1038,18 +1090,46 @@ mod tests {
         let g = Guard::new();
         let (l, s) = (lockout(), spray());
         for i in 0..10 {
-            g.learn(&lesson("bob@x", 7, "192.0.2.1", SignIn::Failure, i * 1000), Some(&l), None);
+            g.learn(
+                &lesson("bob@x", 7, "192.0.2.1", SignIn::Failure, i * 1000),
+                Some(&l),
+                None,
+            );
         }
-        assert_eq!(decide(&g, "bob@x", 8, "192.0.2.1", 20_000).0, Stage::None, "a phone retrying a stale password");
+        assert_eq!(
+            decide(&g, "bob@x", 8, "192.0.2.1", 20_000).0,
+            Stage::None,
+            "a phone retrying a stale password"
+        );
         // Bob's good password, then three distinct wrong guesses lock him.
-        g.learn(&lesson("bob@x", 1, "10.0.0.1", SignIn::Success, 30_000), Some(&l), Some(&s));
+        g.learn(
+            &lesson("bob@x", 1, "10.0.0.1", SignIn::Success, 30_000),
+            Some(&l),
+            Some(&s),
+        );
         for pw in 20..23 {
-            g.learn(&lesson("bob@x", pw, "192.0.2.5", SignIn::Failure, 40_000), Some(&l), Some(&s));
+            g.learn(
+                &lesson("bob@x", pw, "192.0.2.5", SignIn::Failure, 40_000),
+                Some(&l),
+                Some(&s),
+            );
         }
         let locations = [ip("192.0.2.6")];
-        let facts = Facts { user: Some("bob@x"), password_key: Some([1; 16]), carried: &locations, now_ms: 50_000, ..Facts::new(ip("192.0.2.6")) };
-        assert!(g.compromise(&facts, &l).is_some(), "the right password from an unfamiliar IP while locked");
-        let wrong = Facts { password_key: Some([99; 16]), ..facts };
+        let facts = Facts {
+            user: Some("bob@x"),
+            password_key: Some([1; 16]),
+            carried: &locations,
+            now_ms: 50_000,
+            ..Facts::new(ip("192.0.2.6"))
+        };
+        assert!(
+            g.compromise(&facts, &l).is_some(),
+            "the right password from an unfamiliar IP while locked"
+        );
+        let wrong = Facts {
+            password_key: Some([99; 16]),
+            ..facts
+        };
         assert!(g.compromise(&wrong, &l).is_none());
     }
 
@@ -1059,7 +1139,13 @@ mod tests {
         let (l, s) = (lockout(), spray());
         let facts = |user: &'static str, pw: u8, from: &'static str| {
             let locations: &'static [IpAddr] = Box::leak(Box::new([ip(from)]));
-            Facts { user: Some(user), password_key: Some([pw; 16]), carried: locations, now_ms: 1000, ..Facts::new(ip(from)) }
+            Facts {
+                user: Some(user),
+                password_key: Some([pw; 16]),
+                carried: locations,
+                now_ms: 1000,
+                ..Facts::new(ip(from))
+            }
         };
         let run = |f: &Facts<'_>| match g.decide(f, Some(&l), Some(&s), &mut ()) {
             Flow::Final(d) => d.stage,
@@ -1072,11 +1158,18 @@ mod tests {
         let (ha, hb, hc) = (g.in_flight(&a), g.in_flight(&b), g.in_flight(&c));
         assert_eq!(run(&facts("eve@x", 4, "192.0.2.4")), Stage::Lockout);
         // One password in flight for three users: the fourth is refused.
-        let flying: Vec<_> = ["p@x", "q@x", "r@x"].iter().map(|u| g.in_flight(&facts(u, 50, "198.51.100.1"))).collect();
+        let flying: Vec<_> = ["p@x", "q@x", "r@x"]
+            .iter()
+            .map(|u| g.in_flight(&facts(u, 50, "198.51.100.1")))
+            .collect();
         assert_eq!(run(&facts("s@x", 50, "198.51.100.2")), Stage::Spray);
         drop((ha, hb, hc));
         drop(flying);
-        assert_eq!(run(&facts("eve@x", 4, "192.0.2.4")), Stage::None, "answered: counts come from the answers again");
+        assert_eq!(
+            run(&facts("eve@x", 4, "192.0.2.4")),
+            Stage::None,
+            "answered: counts come from the answers again"
+        );
         assert_eq!(run(&facts("s@x", 50, "198.51.100.2")), Stage::None);
     }
 
@@ -1087,20 +1180,41 @@ mod tests {
         // One IP, four users: a per-IP spray.
         let mut ip_alert = None;
         for (i, u) in ["a@x", "b@x", "c@x", "d@x"].iter().enumerate() {
-            let out = g.learn(&lesson(u, i as u8 + 50, "198.51.100.1", SignIn::Failure, 1000), Some(&l), Some(&s));
+            let out = g.learn(
+                &lesson(u, i as u8 + 50, "198.51.100.1", SignIn::Failure, 1000),
+                Some(&l),
+                Some(&s),
+            );
             ip_alert = out.spray_ip.or(ip_alert);
         }
         assert_eq!(ip_alert.unwrap().users.len(), 4);
         // One password over three users from three IPs: sprayed, refused for anyone.
         let mut pw_alert = None;
-        for (u, from) in [("e@x", "203.0.113.1"), ("f@x", "203.0.113.2"), ("g@x", "203.0.113.3")] {
-            pw_alert = g.learn(&lesson(u, 77, from, SignIn::Failure, 2000), Some(&l), Some(&s)).spray_password.or(pw_alert);
+        for (u, from) in [
+            ("e@x", "203.0.113.1"),
+            ("f@x", "203.0.113.2"),
+            ("g@x", "203.0.113.3"),
+        ] {
+            pw_alert = g
+                .learn(
+                    &lesson(u, 77, from, SignIn::Failure, 2000),
+                    Some(&l),
+                    Some(&s),
+                )
+                .spray_password
+                .or(pw_alert);
         }
         let a = pw_alert.unwrap();
         assert_eq!((a.users.len(), a.client_ips.len()), (3, 3));
-        assert_eq!(decide(&g, "h@x", 77, "203.0.113.9", 3000), (Stage::Spray, Action::Refuse));
+        assert_eq!(
+            decide(&g, "h@x", 77, "203.0.113.9", 3000),
+            (Stage::Spray, Action::Refuse)
+        );
         assert_eq!(g.sprayed_count(3000), 1);
         g.purge(Some(&l), Some(&s), 3000 + 3_600_001);
-        assert_eq!(decide(&g, "h@x", 77, "203.0.113.9", 3000 + 3_600_001).0, Stage::None);
+        assert_eq!(
+            decide(&g, "h@x", 77, "203.0.113.9", 3000 + 3_600_001).0,
+            Stage::None
+        );
     }
 }

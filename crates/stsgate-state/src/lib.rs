@@ -19,11 +19,11 @@ pub mod share;
 pub mod stage;
 pub mod store;
 
-pub use guard::{Guard, Learned, Lesson, Locked, PasswordKey, Secret, SignIn};
 pub use block::{Block, BlockAction, BlockTable, FieldError, NewBlock, Target, now_ms};
+pub use guard::{Guard, Learned, Lesson, Locked, PasswordKey, Secret, SignIn};
 pub use service::{
-    Added, CompromiseAlert, EventSink, GateState, LockoutAlert, SprayAlert, StateEvent, StateMetrics,
-    StoreHealth,
+    Added, CompromiseAlert, EventSink, GateState, LockoutAlert, SprayAlert, StateEvent,
+    StateMetrics, StoreHealth,
 };
 pub use stage::Flow;
 pub use store::{Change, Namespace, Record, Store, StoreError, StoreKind};

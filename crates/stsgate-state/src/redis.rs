@@ -510,7 +510,8 @@ impl RedisStore {
             .set_response_timeout(Some(response));
         match tokio::time::timeout(
             TIMEOUT,
-            self.client.get_multiplexed_async_connection_with_config(&config),
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await
         {

@@ -161,11 +161,9 @@ impl StateMetrics {
             &["store"],
         )
         .expect("valid metric");
-        let users_locked = prometheus::IntGauge::new(
-            "stsgate_users_locked",
-            "Users locked by smart lockout now.",
-        )
-        .expect("valid metric");
+        let users_locked =
+            prometheus::IntGauge::new("stsgate_users_locked", "Users locked by smart lockout now.")
+                .expect("valid metric");
         let sprayed_passwords = prometheus::IntGauge::new(
             "stsgate_sprayed_passwords_active",
             "Sprayed passwords (keyed hashes) refused now.",
@@ -332,7 +330,11 @@ impl GateState {
             }
         }
         // Smart lockout and sprayed passwords live in the embedded store.
-        if let Some(link) = self.links.iter().find(|l| l.store.kind() == StoreKind::Embedded) {
+        if let Some(link) = self
+            .links
+            .iter()
+            .find(|l| l.store.kind() == StoreKind::Embedded)
+        {
             let mut records = link.store.load(Namespace::Users).await?;
             records.extend(link.store.load(Namespace::Sprayed).await?);
             let users = self.guard.restore(&records);
@@ -652,7 +654,12 @@ impl GateState {
                 tracing::warn!(user = %c.user, client_ip = %c.client_ip, "correct password from an unfamiliar location while locked: possible compromise")
             }
             StateEvent::Spray(sp) => {
-                tracing::warn!(kind = sp.kind, users = sp.users.len(), client_ips = sp.client_ips.len(), "password spray detected")
+                tracing::warn!(
+                    kind = sp.kind,
+                    users = sp.users.len(),
+                    client_ips = sp.client_ips.len(),
+                    "password spray detected"
+                )
             }
         }
         let sink = lock(&self.events).clone();
@@ -824,7 +831,11 @@ impl GateState {
         // What lockout and spray detection learned this second, written
         // behind (at most a second of learning is lost to a crash).
         let changes = self.guard.take_changes();
-        if let Some(link) = self.links.iter().find(|l| l.store.kind() == StoreKind::Embedded) {
+        if let Some(link) = self
+            .links
+            .iter()
+            .find(|l| l.store.kind() == StoreKind::Embedded)
+        {
             for change in changes {
                 link.send(change);
             }

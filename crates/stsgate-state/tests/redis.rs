@@ -25,7 +25,6 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 /// most 5 s, then a resync).
 const CATCH_UP: Duration = Duration::from_secs(20);
 
-
 /// One gate instance: an embedded store of its own and the shared Redis.
 struct Node {
     state: Arc<GateState>,

@@ -25,7 +25,6 @@ const PROPAGATION: Duration = Duration::from_secs(5);
 /// backoff of at most 5 s each).
 const CATCH_UP: Duration = Duration::from_secs(25);
 
-
 fn lockout() -> LockoutSettings {
     LockoutSettings {
         enabled: true,

@@ -117,7 +117,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         geoip.as_ref(),
         state,
     )
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The blocks kept in `state.dir`, without creating anything there.
