@@ -226,7 +226,7 @@ async fn require_2fa_forwards_with_the_step_up_header() {
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-stsgate-step-up"], "required");
-    let d = gate.wait_decisions(|d| d.len() >= 1);
+    let d = gate.wait_decisions(|d| !d.is_empty());
     assert_eq!(
         (d[0]["stage"].as_str(), d[0]["action"].as_str()),
         (Some("dynamic_block"), Some("require_2fa"))

@@ -118,10 +118,7 @@ async fn msal_envelopes_are_read_and_locked_out() {
     }
     // ...then two more distinct wrong passwords make three: locked.
     for pw in ["Winter2025!", "Spring2026!"] {
-        assert_eq!(
-            msal(&gate, &up, PATH_13, user, pw, "192.0.2.2").await.2,
-            true
-        );
+        assert!(msal(&gate, &up, PATH_13, user, pw, "192.0.2.2").await.2);
     }
     let (status, got, reached) = msal(&gate, &up, PATH_13, user, "Summer2026!", "192.0.2.3").await;
     assert_eq!(

@@ -56,15 +56,24 @@ pub struct RequestFacts<'a> {
     pub now_ms: u64,
 }
 
+/// What a request's credentials tell the stages: the user, and the keyed
+/// hash of the password (never the password).
+#[derive(Debug, Clone, Default)]
+pub struct Signer {
+    /// The user name, as the request wrote it.
+    pub user: Option<String>,
+    /// The password's keyed hash.
+    pub password_key: Option<PasswordKey>,
+}
+
 impl<'a> RequestFacts<'a> {
     /// Derives the facts of a request from its peer, headers, path and the
-    /// user its body names.
+    /// credentials its body carries.
     pub fn build(
         peer: IpAddr,
         headers: &'a HeaderMap,
         path: &'a str,
-        user: Option<String>,
-        password_key: Option<PasswordKey>,
+        signer: Signer,
         client_ip: &ClientIp,
         rules: &RuleSet,
         geoip: Option<&GeoIp>,
@@ -76,8 +85,8 @@ impl<'a> RequestFacts<'a> {
             application: header_text(headers, &X_MS_CLIENT_APPLICATION),
             user_agent: header_text(headers, &X_MS_CLIENT_USER_AGENT),
             http_user_agent: header_text(headers, &header::USER_AGENT),
-            user,
-            password_key,
+            user: signer.user,
+            password_key: signer.password_key,
             country,
             now_ms: stsgate_state::now_ms(),
             addrs,
@@ -235,8 +244,10 @@ mod tests {
                 peer.parse().unwrap(),
                 h,
                 "/adfs/services/trust/2005/usernamemixed",
-                user.map(str::to_string),
-                None,
+                Signer {
+                    user: user.map(str::to_string),
+                    password_key: None,
+                },
                 &cip,
                 &r,
                 None,

@@ -184,8 +184,10 @@ pub fn explain(
         peer,
         &headers,
         path,
-        user,
-        None,
+        crate::corridor::Signer {
+            user,
+            password_key: None,
+        },
         &config.client_ip,
         rules,
         geoip,
