@@ -189,11 +189,16 @@ impl Gate {
         let (verdict, request, mut event, in_flight) =
             self.decide(&rules, &parts, conn, user, password_key);
         self.metrics.decision(verdict.stage, verdict.action);
+        if verdict.action == Action::Refuse && verdict.stage == Stage::Lockout {
+            self.compromise(&rules, &request);
+        }
+        // What the answer will teach needs only the settings: the rule set
+        // itself (it may be large, and replaced meanwhile) is let go before
+        // any await, so it is never freed on this thread.
+        let learning = (rules.lockout.clone(), rules.spray.clone());
+        drop(rules);
         let response = match verdict.action {
             Action::Refuse => {
-                if verdict.stage == Stage::Lockout {
-                    self.compromise(&rules, &request);
-                }
                 // Answered no sooner than the STS answers a wrong password.
                 tokio::time::sleep(self.delay.next()).await;
                 blocked::answer(Refusal::Blocked(self.config.blocked))
@@ -215,7 +220,7 @@ impl Gate {
                 let took = started.elapsed();
                 event.upstream_ms = Some(took.as_millis() as u64);
                 if let Ok(r) = &answer {
-                    let signin = self.watch_answer(&rules, &request, r, took);
+                    let signin = self.watch_answer(&learning, &request, r, took);
                     event.signin = Some(signin);
                 }
                 // Learned (or failed): no longer a guess in flight.
@@ -233,7 +238,10 @@ impl Gate {
     /// taught to smart lockout and spray detection.
     fn watch_answer(
         &self,
-        rules: &stsgate_rules::RuleSet,
+        (lockout, spray): &(
+            Option<stsgate_rules::LockoutSettings>,
+            Option<stsgate_rules::SpraySettings>,
+        ),
         request: &OwnedFacts,
         answer: &Response<Bytes>,
         took: Duration,
@@ -262,8 +270,8 @@ impl Gate {
                     result,
                     now_ms: stsgate_state::now_ms(),
                 },
-                rules.lockout.as_ref(),
-                rules.spray.as_ref(),
+                lockout.as_ref(),
+                spray.as_ref(),
             );
         }
         name
