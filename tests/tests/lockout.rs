@@ -367,4 +367,24 @@ async fn lockout_and_sprayed_passwords_survive_a_restart() {
     );
     let (_, locked) = gate.api("GET", "/api/v1/lockouts", None);
     assert_eq!(locked[0]["user"], "dave@contoso.com", "{locked}");
+    // With the gate stopped, explain reads the same state from state.dir.
+    let kept = gate.stop();
+    let config = kept.path().join("stsgate.toml");
+    let (code, out, err) = stsgate(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--ip",
+        "192.0.2.77",
+        "--user",
+        "Dave@Contoso.com",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["stage"].as_str(), v["state"].as_str()),
+        (Some("lockout"), Some("stored")),
+        "{v}"
+    );
 }

@@ -92,8 +92,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     };
     // The gate state: read from state.dir; when the running gate holds it,
     // asked of the gate itself through its admin API.
-    let guard = stsgate_state::Guard::new();
-    let (blocks, state) = match stored_blocks(&config) {
+    let (blocks, stored, state) = match stored_state(&config) {
         Ok(found) => found,
         Err(e) if e.0.contains("in use") => {
             return live(args, &question).map_err(|live_err| {
@@ -113,24 +112,26 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         &config,
         &rules,
         &blocks,
-        &guard,
+        stored.as_ref().map_or(&no_guard(), |s| &s.guard),
         geoip.as_ref(),
         state,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// The blocks kept in `state.dir`, without creating anything there.
-fn stored_blocks(
+/// The gate state kept in `state.dir` (blocks, lockout counts, sprayed
+/// passwords), without creating anything there.
+fn stored_state(
     config: &stsgate_proxy::Config,
-) -> Result<(BlockTable, &'static str), stsgate_state::StoreError> {
+) -> Result<(BlockTable, Option<stsgate_state::GateState>, &'static str), stsgate_state::StoreError>
+{
     if !config
         .state
         .dir
         .join(stsgate_state::embedded::FILE)
         .exists()
     {
-        return Ok((BlockTable::default(), "none"));
+        return Ok((BlockTable::default(), None, "none"));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,8 +147,13 @@ fn stored_blocks(
         );
         state.load().await?;
         let table = BlockTable::build(state.list());
-        Ok((table, "stored"))
+        Ok((table, Some(state), "stored"))
     })
+}
+
+/// An empty guard, for when nothing is stored.
+fn no_guard() -> stsgate_state::Guard {
+    stsgate_state::Guard::new()
 }
 
 /// Asks the running gate (`POST /api/v1/explain`).
