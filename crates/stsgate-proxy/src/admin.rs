@@ -322,10 +322,15 @@ impl Admin {
             .list()
             .iter()
             .filter(|b| {
-                ip.is_none_or(|ip| {
-                    stsgate_state::BlockTable::build([(*b).clone()])
-                        .by_ip(&[ip], now)
-                        .is_some()
+                ip.is_none_or(|ip| match &b.target {
+                    stsgate_state::Target::Ip(text) => {
+                        let mut covers = false;
+                        let _ = stsgate_rules::ip::for_each_item(text, |_, _, pattern| {
+                            covers |= pattern.contains(ip);
+                        });
+                        covers
+                    }
+                    stsgate_state::Target::User(_) => false,
                 })
             })
             .filter(|b| {
