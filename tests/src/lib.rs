@@ -899,3 +899,29 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+// ---- an STS that checks passwords ----------------------------------------
+
+/// The right password of every user of [`password_checking_sts`].
+pub const RIGHT_PASSWORD: &str = "correct horse & battery";
+
+/// An upstream that answers like ADFS for envelopes built by [`rst_for`]:
+/// the success fixture for [`RIGHT_PASSWORD`], the FailedAuthentication
+/// fault for anything else.
+pub async fn password_checking_sts() -> Upstream {
+    let upstream = Upstream::start().await;
+    let success = Bytes::from(fixture("rstr-2005-success.xml"));
+    let fault = Bytes::from(fixture("fault-failed-authentication.xml"));
+    let right = format!(
+        "<sec:Password>{}</sec:Password>",
+        RIGHT_PASSWORD.replace('&', "&amp;")
+    );
+    upstream.respond(move |seen| {
+        if String::from_utf8_lossy(&seen.body).contains(&right) {
+            Answer::soap(200, success.clone())
+        } else {
+            Answer::soap(500, fault.clone())
+        }
+    });
+    upstream
+}

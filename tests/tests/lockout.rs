@@ -15,27 +15,11 @@ fn rules(window: &str) -> String {
     )
 }
 
-/// The right password of every user.
-const RIGHT: &str = "correct horse & battery";
+use stsgate_tests::RIGHT_PASSWORD as RIGHT;
 
 /// An upstream that checks the password like an STS.
 async fn sts() -> Upstream {
-    let upstream = Upstream::start().await;
-    let success = bytes::Bytes::from(fixture("rstr-2005-success.xml"));
-    let fault = bytes::Bytes::from(fixture("fault-failed-authentication.xml"));
-    upstream.respond(move |seen| {
-        let body = String::from_utf8_lossy(&seen.body);
-        let right = format!(
-            "<sec:Password>{}</sec:Password>",
-            RIGHT.replace('&', "&amp;")
-        );
-        if body.contains(&right) {
-            Answer::soap(200, success.clone())
-        } else {
-            Answer::soap(500, fault.clone())
-        }
-    });
-    upstream
+    password_checking_sts().await
 }
 
 async fn start(window: &str) -> (Gate, Upstream) {

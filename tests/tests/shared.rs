@@ -18,27 +18,11 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 
 const RULES: &str = "[request_blocking]\nenabled = false\n[lockout]\nthreshold = 3\nobservation_window = \"30m\"\nfamiliar_for = \"1h\"\n[spray]\ndistinct_users = 4\nsame_password_users = 3\nwindow = \"10m\"\nblock_for = \"1h\"\n";
 
-/// The right password of every user.
-const RIGHT: &str = "correct horse & battery";
+use stsgate_tests::RIGHT_PASSWORD as RIGHT;
 
 /// An upstream that checks the password like an STS.
 async fn sts() -> Upstream {
-    let upstream = Upstream::start().await;
-    let success = bytes::Bytes::from(fixture("rstr-2005-success.xml"));
-    let fault = bytes::Bytes::from(fixture("fault-failed-authentication.xml"));
-    upstream.respond(move |seen| {
-        let body = String::from_utf8_lossy(&seen.body);
-        let right = format!(
-            "<sec:Password>{}</sec:Password>",
-            RIGHT.replace('&', "&amp;")
-        );
-        if body.contains(&right) {
-            Answer::soap(200, success.clone())
-        } else {
-            Answer::soap(500, fault.clone())
-        }
-    });
-    upstream
+    password_checking_sts().await
 }
 
 /// One instance of the farm, sharing `redis`.
