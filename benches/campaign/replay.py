@@ -305,10 +305,10 @@ class Sts:
 class Gate:
     """`stsgate run --config` on loopback in front of the STS."""
 
-    def __init__(self, binary, sts_port, workdir):
+    def __init__(self, binary, sts_port, workdir, rules=RULES, delay="0s"):
         os.makedirs(os.path.join(workdir, "rules"))
         with open(os.path.join(workdir, "rules/wstrust.toml"), "w") as f:
-            f.write(RULES)
+            f.write(rules)
         with open(os.path.join(workdir, "admin.token"), "w") as f:
             f.write(TOKEN + "\n")
         with open(os.path.join(workdir, "stsgate.toml"), "w") as f:
@@ -325,7 +325,7 @@ dir = "state"
 [client_ip]
 trusted_proxies = ["127.0.0.1"]
 [blocked]
-delay = "0s"
+delay = "{delay}"
 """)
         self.log = open(os.path.join(workdir, "decisions.jsonl"), "wb")
         self.proc = subprocess.Popen(

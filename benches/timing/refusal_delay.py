@@ -15,10 +15,8 @@ import http.client
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -27,7 +25,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "campaign"))
 import replay  # noqa: E402  (the campaign's ADFS-like STS)
 
 N = int(os.environ.get("N", "200"))
-TOKEN = "timing-admin-token-0123456789"
 
 
 class SlowSts(replay.Sts):
@@ -42,40 +39,6 @@ class SlowSts(replay.Sts):
     @answer_s.setter
     def answer_s(self, _):
         pass
-
-
-def start_gate(binary, sts_port, work):
-    os.makedirs(os.path.join(work, "rules"))
-    with open(os.path.join(work, "rules/wstrust.toml"), "w") as f:
-        f.write("[request_blocking]\nenabled = false\n")
-    with open(os.path.join(work, "admin.token"), "w") as f:
-        f.write(TOKEN + "\n")
-    with open(os.path.join(work, "stsgate.toml"), "w") as f:
-        f.write(f"""rules = "rules/wstrust.toml"
-[listen]
-addr = "127.0.0.1:0"
-[upstream]
-url = "http://127.0.0.1:{sts_port}"
-[admin]
-addr = "127.0.0.1:0"
-token_file = "admin.token"
-[state]
-dir = "state"
-[client_ip]
-trusted_proxies = ["127.0.0.1"]
-[blocked]
-delay = "auto"
-""")
-    proc = subprocess.Popen([binary, "run", "--config", os.path.join(work, "stsgate.toml")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, STSGATE_LOG="info"))
-    for raw in proc.stderr:
-        line = raw.decode(errors="replace")
-        if "stsgate ready" in line:
-            words = dict(w.split("=", 1) for w in line.split() if "=" in w)
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, words["listen"].split(",")[0], words["admin"]
-    raise RuntimeError("stsgate did not start")
 
 
 def signin(listen, client, user):
@@ -104,18 +67,17 @@ def pct(values, p):
 def main():
     binary = os.path.join(replay.ROOT, "target/release/stsgate")
     sts = SlowSts({}, 0)
-    work = tempfile.mkdtemp(prefix="stsgate-timing-")
-    proc, listen, admin = start_gate(binary, sts.port, work)
+    gate = replay.Gate(binary, sts.port, tempfile.mkdtemp(prefix="stsgate-timing-"),
+                       rules="[request_blocking]\nenabled = false\n", delay="auto")
     try:
-        real = [signin(listen, "192.0.2.%d" % (i % 200 + 1), "user%d@contoso.com" % i) for i in range(N)]
-        req = urllib.request.Request("http://%s/api/v1/blocks" % admin, method="POST",
+        real = [signin(gate.listen, "192.0.2.%d" % (i % 200 + 1), "user%d@contoso.com" % i) for i in range(N)]
+        req = urllib.request.Request("http://%s/api/v1/blocks" % gate.admin, method="POST",
                                      data=json.dumps({"ip": "203.0.113.0/24", "ttl": "1h"}).encode(),
-                                     headers={"Authorization": "Bearer " + TOKEN})
+                                     headers={"Authorization": "Bearer " + replay.TOKEN})
         urllib.request.urlopen(req, timeout=10).read()
-        refused = [signin(listen, "203.0.113.%d" % (i % 200 + 1), "user%d@contoso.com" % i) for i in range(N)]
+        refused = [signin(gate.listen, "203.0.113.%d" % (i % 200 + 1), "user%d@contoso.com" % i) for i in range(N)]
     finally:
-        proc.terminate()
-        proc.wait(15)
+        gate.close()
         sts.stop()
     assert all(s == 500 for s, _ in real + refused)
     print("%-34s %8s %8s %8s %8s %8s" % ("", "min", "p10", "p50", "p90", "max"))

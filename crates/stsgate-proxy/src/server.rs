@@ -46,6 +46,17 @@ pub struct Server {
     alerts: Option<crate::alerts::AlertSender>,
 }
 
+/// Every positioned error, one a line, as one error.
+fn all_errors(errors: &[stsgate_rules::SourceError]) -> anyhow::Error {
+    anyhow::anyhow!(
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 /// The file in `state.dir` that holds the admin listener's bound address
 /// while the gate runs.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
@@ -96,25 +107,10 @@ impl Server {
     /// Builds everything that can fail before binding.
     pub async fn new(config: Config) -> Result<Server> {
         let metrics = Metrics::new();
-        let rules = Rules::load(&config.rules, metrics.clone()).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        let rules =
+            Rules::load(&config.rules, metrics.clone()).map_err(|errors| all_errors(&errors))?;
         let rules = Arc::new(rules);
-        let files = crate::preflight::open(&config).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        let files = crate::preflight::open(&config).map_err(|errors| all_errors(&errors))?;
         let listener_tls = files.tls;
         let tls = match &listener_tls {
             Some(l) => Some(TlsAcceptor::from(l.server_config()?)),
@@ -137,16 +133,8 @@ impl Server {
             .guard
             .remember(current.lockout.as_ref(), current.spray.as_ref());
         // Alerts: the state's events go to the alert queue (never waiting).
-        let alerts =
-            crate::alerts::AlertSender::new(&config, metrics.registry()).map_err(|errors| {
-                anyhow::anyhow!(
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
+        let alerts = crate::alerts::AlertSender::new(&config, metrics.registry())
+            .map_err(|errors| all_errors(&errors))?;
         if let Some(alerts) = &alerts {
             state.set_sink(alerts.sink());
         }
