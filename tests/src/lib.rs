@@ -917,11 +917,211 @@ pub async fn password_checking_sts() -> Upstream {
         RIGHT_PASSWORD.replace('&', "&amp;")
     );
     upstream.respond(move |seen| {
-        if String::from_utf8_lossy(&seen.body).contains(&right) {
+        if let Some(answer) = adfs_form_answer(seen, RIGHT_PASSWORD) {
+            answer
+        } else if String::from_utf8_lossy(&seen.body).contains(&right) {
             Answer::soap(200, success.clone())
         } else {
             Answer::soap(500, fault.clone())
         }
     });
     upstream
+}
+
+// ---- OAuth2 ROPC and forms sign-in, as ADFS answers them -------------------
+
+/// The ROPC token endpoint.
+pub const TOKEN_PATH: &str = "/adfs/oauth2/token";
+/// The passive endpoint with the forms sign-in page.
+pub const FORMS_PATH: &str = "/adfs/ls/";
+/// ADFS's answer to a password grant with a wrong user or password.
+pub const ROPC_INVALID_GRANT: &str = r#"{"error":"invalid_grant","error_description":"MSIS9659: Invalid 'username' or 'password'."}"#;
+/// The error text of the forms sign-in page after a wrong password.
+pub const FORMS_ERROR_TEXT: &str =
+    "Incorrect user ID or password. Type the correct user ID and password, and try again.";
+
+/// Decodes one `application/x-www-form-urlencoded` component.
+pub fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Encodes one form component (everything but unreserved characters escaped).
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The value of field `name` (ASCII case ignored) in a form body.
+pub fn form_field(body: &str, name: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        form_decode(k)
+            .eq_ignore_ascii_case(name)
+            .then(|| form_decode(v))
+    })
+}
+
+/// `grant_type=password&username=..&password=..&client_id=..` as MSAL sends it.
+pub fn ropc_body(user: &str, password: &str) -> String {
+    format!(
+        "grant_type=password&username={}&password={}&client_id=8e3a7c1b-0d6f-4b2a-9c55-3f1e2d4a6b70&scope=openid",
+        form_encode(user),
+        form_encode(password)
+    )
+}
+
+/// `UserName=..&Password=..&AuthMethod=FormsAuthentication`, as the sign-in page posts it.
+pub fn forms_body(user: &str, password: &str) -> String {
+    format!(
+        "UserName={}&Password={}&AuthMethod=FormsAuthentication",
+        form_encode(user),
+        form_encode(password)
+    )
+}
+
+/// The forms sign-in page (testdata/forms/signin-page.html) posting to
+/// `action`, with `user` filled in and `error` shown (HTML-escaped).
+pub fn forms_page(action: &str, user: &str, error: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    };
+    let page = std::fs::read_to_string(workspace().join("testdata/forms/signin-page.html"))
+        .expect("testdata/forms/signin-page.html");
+    page.replace("{action}", &esc(action))
+        .replace("{username}", &esc(user))
+        .replace("{error}", &esc(error))
+}
+
+/// ADFS's answers beside WS-Trust, for an STS whose every user has password
+/// `right`: the OpenID configuration (GET `/adfs/.well-known/openid-configuration`,
+/// which MSAL reads first), the token endpoint (200 JSON with `access_token`,
+/// or 400 `invalid_grant` MSIS9659, with `Cache-Control: no-store`) and the
+/// forms sign-in page (GET: the page; POST: 302 setting `MSISAuth`, or the
+/// page again, 200, with the error text). `None` for other paths.
+pub fn adfs_form_answer(seen: &Seen, right: &str) -> Option<Answer> {
+    let path = seen
+        .target
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = String::from_utf8_lossy(&seen.body);
+    let host = seen
+        .headers
+        .get("x-forwarded-host")
+        .or_else(|| seen.headers.get("host"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("sts.test")
+        .to_string();
+    let answer = |status: u16, headers: &[(&str, &str)], body: String| Answer {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: body.into(),
+        delay: Duration::ZERO,
+    };
+    let json = [
+        ("content-type", "application/json;charset=UTF-8"),
+        ("cache-control", "no-store"),
+        ("pragma", "no-cache"),
+    ];
+    let html = [
+        ("content-type", "text/html; charset=utf-8"),
+        ("cache-control", "no-cache,no-store"),
+        ("pragma", "no-cache"),
+        ("expires", "-1"),
+    ];
+    if path == "/adfs/.well-known/openid-configuration" {
+        let doc = serde_json::json!({
+            "issuer": format!("https://{host}/adfs"),
+            "authorization_endpoint": format!("https://{host}/adfs/oauth2/authorize/"),
+            "token_endpoint": format!("https://{host}/adfs/oauth2/token/"),
+            "jwks_uri": format!("https://{host}/adfs/discovery/keys"),
+            "response_types_supported": ["code", "id_token", "code id_token", "token"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password", "implicit"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "private_key_jwt", "windows_client"],
+        });
+        return Some(answer(200, &json[..1], doc.to_string()));
+    }
+    if path.starts_with(TOKEN_PATH) {
+        let good = form_field(&body, "grant_type").as_deref() == Some("password")
+            && form_field(&body, "username").is_some()
+            && form_field(&body, "password").as_deref() == Some(right);
+        return Some(if good {
+            let token = serde_json::json!({
+                "access_token": "eyJ0eXAiOiJKV1QifQ.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl",
+                "token_type": "bearer",
+                "expires_in": 3600,
+                "resource": "urn:microsoft:userinfo",
+                "refresh_token": "cmVmcmVzaA",
+                "refresh_token_expires_in": 28800,
+                "scope": "openid",
+            });
+            answer(200, &json, token.to_string())
+        } else {
+            answer(400, &json, ROPC_INVALID_GRANT.to_string())
+        });
+    }
+    if path.starts_with("/adfs/ls") {
+        if seen.method != "POST" {
+            return Some(answer(200, &html, forms_page(&seen.target, "", "")));
+        }
+        let user = form_field(&body, "UserName").unwrap_or_default();
+        return Some(if form_field(&body, "Password").as_deref() == Some(right) {
+            answer(
+                302,
+                &[
+                    ("location", seen.target.as_str()),
+                    (
+                        "set-cookie",
+                        "MSISAuth=AAEAAGVk; path=/adfs; HttpOnly; Secure",
+                    ),
+                    ("content-length", "0"),
+                ],
+                String::new(),
+            )
+        } else {
+            answer(
+                200,
+                &html,
+                forms_page(&seen.target, &user, FORMS_ERROR_TEXT),
+            )
+        });
+    }
+    None
 }

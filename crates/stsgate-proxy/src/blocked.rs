@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::BlockedStyle;
 use crate::proxy_body::{Body, full};
+use crate::signin::Protocol;
 
 /// Every answer the gate gives without the upstream's help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,101 @@ pub fn blocked(style: BlockedStyle) -> Response<Body> {
             r
         }
         BlockedStyle::Forbidden => plain(StatusCode::FORBIDDEN, "Forbidden\n"),
+    }
+}
+
+/// The blocked response on the endpoint of `protocol`: with `soap_fault`
+/// style, each endpoint's own failed sign-in (WS-Trust: the SOAP fault;
+/// ROPC: 400 `invalid_grant`, MSIS9659; forms: the sign-in page again with
+/// its error, posting back to `action`, the user name filled in);
+/// `forbidden` is 403 everywhere.
+pub fn blocked_for(
+    style: BlockedStyle,
+    protocol: Protocol,
+    action: &str,
+    user: Option<&str>,
+) -> Response<Body> {
+    match (style, protocol) {
+        (BlockedStyle::Forbidden, _) | (_, Protocol::WsTrust) => blocked(style),
+        (BlockedStyle::SoapFault, Protocol::OAuth2Ropc) => {
+            let mut r = Response::new(full(Bytes::from_static(ROPC_FAILURE.as_bytes())));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(ROPC_CONTENT_TYPE),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        (BlockedStyle::SoapFault, Protocol::Forms) => {
+            let mut r = Response::new(full(forms_page(action, user.unwrap_or(""), FORMS_ERROR)));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(FORMS_CONTENT_TYPE),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache,no-store"),
+            );
+            h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            h.insert(header::EXPIRES, HeaderValue::from_static("-1"));
+            r
+        }
+    }
+}
+
+/// What ADFS answers a password grant with a wrong user or password.
+pub const ROPC_FAILURE: &str = r#"{"error":"invalid_grant","error_description":"MSIS9659: Invalid 'username' or 'password'."}"#;
+/// The content type of ADFS's token endpoint answers.
+pub const ROPC_CONTENT_TYPE: &str = "application/json;charset=UTF-8";
+/// The error the forms sign-in page shows for a wrong user or password.
+pub const FORMS_ERROR: &str =
+    "Incorrect user ID or password. Type the correct user ID and password, and try again.";
+/// The content type of the forms sign-in page.
+pub const FORMS_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+/// The sign-in page (ADFS's default look), with `{action}`, `{username}`
+/// and `{error}` to fill in.
+pub const FORMS_PAGE: &str = include_str!("../../../testdata/forms/signin-page.html");
+
+/// The forms sign-in page posting to `action`, with `user` filled in and
+/// `error` shown; every value HTML-escaped.
+pub fn forms_page(action: &str, user: &str, error: &str) -> Bytes {
+    let mut out = String::with_capacity(FORMS_PAGE.len() + action.len() + user.len() + error.len());
+    let mut rest = FORMS_PAGE;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let (value, len) = if rest.starts_with("{action}") {
+            (action, "{action}".len())
+        } else if rest.starts_with("{username}") {
+            (user, "{username}".len())
+        } else if rest.starts_with("{error}") {
+            (error, "{error}".len())
+        } else {
+            out.push('{');
+            rest = &rest[1..];
+            continue;
+        };
+        html_escape(&mut out, value);
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    Bytes::from(out)
+}
+
+fn html_escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
     }
 }
 
@@ -100,6 +196,40 @@ pub fn soap_fault(now: SystemTime) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forms_page_fills_and_escapes() {
+        let page = forms_page("/adfs/ls/?wa=wsignin1.0&x=1", "a\"<b>@c", FORMS_ERROR);
+        let page = std::str::from_utf8(&page).unwrap();
+        assert!(
+            page.contains(r#"action="/adfs/ls/?wa=wsignin1.0&amp;x=1""#),
+            "{page}"
+        );
+        assert!(page.contains(r#"value="a&quot;&lt;b&gt;@c""#), "{page}");
+        assert!(page.contains(FORMS_ERROR));
+        assert!(!page.contains("{error}") && !page.contains("{action}"));
+        assert_eq!(
+            crate::signin::classify_forms(200, &http::HeaderMap::new(), page.as_bytes()),
+            crate::signin::Outcome::Failure
+        );
+        let fresh = forms_page("/adfs/ls/", "", "");
+        assert_eq!(
+            crate::signin::classify_forms(200, &http::HeaderMap::new(), &fresh),
+            crate::signin::Outcome::Unknown
+        );
+    }
+
+    #[test]
+    fn ropc_refusal_is_an_invalid_grant() {
+        let r = blocked_for(BlockedStyle::SoapFault, Protocol::OAuth2Ropc, "/", None);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            crate::signin::classify_ropc(400, ROPC_FAILURE.as_bytes()),
+            crate::signin::Outcome::Failure
+        );
+        let r = blocked_for(BlockedStyle::Forbidden, Protocol::Forms, "/", None);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
 
     #[test]
     fn fault_matches_the_sts_fixture_but_for_timestamps() {

@@ -45,6 +45,9 @@ pub struct Event {
     /// Request path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Sign-in protocol of the path: `wstrust`, `oauth2_ropc`, `forms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
     /// Stage that decided.
     pub stage: &'static str,
     /// List that matched.
@@ -237,7 +240,7 @@ fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat, closing: &
 }
 
 fn fields(e: &Event) -> Vec<(&'static str, String)> {
-    let mut f = Vec::with_capacity(13);
+    let mut f = Vec::with_capacity(16);
     let mut opt = |k: &'static str, v: Option<String>| {
         if let Some(v) = v {
             f.push((k, v));
@@ -249,6 +252,7 @@ fn fields(e: &Event) -> Vec<(&'static str, String)> {
     opt("application", e.application.clone());
     opt("user_agent", e.user_agent.clone());
     opt("path", e.path.clone());
+    opt("protocol", e.protocol.map(str::to_string));
     opt("stage", Some(e.stage.to_string()));
     opt("list", e.list.clone());
     opt("entry", e.entry.clone());

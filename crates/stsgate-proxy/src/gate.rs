@@ -25,8 +25,8 @@ use crate::metrics::{Metrics, UpstreamClass};
 use crate::paths::{PathClass, PathFilter};
 use crate::proxy_body::{self, Body};
 use crate::reload::Rules;
+use crate::signin::{self, Outcome, Protocol};
 use crate::upstream::{self, Failure, ForwardFacts, Upstream};
-use crate::wstrust;
 
 pub use crate::corridor::{X_MS_CLIENT_APPLICATION, X_MS_CLIENT_USER_AGENT, header_text};
 
@@ -76,8 +76,9 @@ pub struct Gate {
     geoip: Option<Arc<GeoIp>>,
     /// Gate state (stage 2).
     pub state: Arc<GateState>,
-    /// How long refusals wait (drawn from the STS's failed sign-in latencies).
-    delay: Arc<crate::delay::RefusalDelay>,
+    /// How long refusals wait (drawn from the STS's failed sign-in
+    /// latencies), one per protocol (indexed by `Protocol as usize`).
+    delay: Arc<[crate::delay::RefusalDelay; 3]>,
 }
 
 impl Gate {
@@ -92,7 +93,9 @@ impl Gate {
         state: Arc<GateState>,
     ) -> Gate {
         let paths = PathFilter::new(&config.filter);
-        let delay = Arc::new(crate::delay::RefusalDelay::new(config.blocked_delay));
+        let delay = Arc::new(std::array::from_fn(|_| {
+            crate::delay::RefusalDelay::new(config.blocked_delay)
+        }));
         Gate {
             delay,
             config,
@@ -145,7 +148,16 @@ impl Gate {
                 self.forward_streamed(req, conn).await
             }
             PathClass::Refuse => self.refuse_path(&req, conn),
-            PathClass::Filtered => self.filtered(req, conn).await,
+            PathClass::Filtered => {
+                let protocol = Protocol::for_path(req.uri().path());
+                if protocol.signs_in_with(req.method()) {
+                    self.filtered(req, conn, protocol).await
+                } else {
+                    // A GET of the sign-in page (or a token endpoint GET): no credential.
+                    self.metrics.decision(Stage::Path, Action::Forward);
+                    self.forward_streamed(req, conn).await
+                }
+            }
         };
         self.metrics.request(started.elapsed().as_secs_f64());
         response
@@ -167,28 +179,56 @@ impl Gate {
 
     /// A filtered request: body, facts, the corridor's decision, then
     /// refusal or upstream, whose answer is watched; one decision-log event.
-    async fn filtered(&self, req: Request<Incoming>, conn: Conn) -> Response<Body> {
+    async fn filtered(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+        protocol: Protocol,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
-            Err(status) => return self.reject(&parts, conn, status),
+            Err(status) => {
+                let reason = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                    StatusCode::REQUEST_TIMEOUT => "body_timeout",
+                    _ => "bad_request",
+                };
+                return self.reject(&parts, conn, status, protocol, reason);
+            }
         };
         let rules = self.rules.current();
         let learns = rules.lockout.as_ref().is_some_and(|l| l.enabled)
             || rules.spray.as_ref().is_some_and(|s| s.enabled);
-        let (user, password_key) = match wstrust::credentials(&body) {
-            Some(c) => (
-                Some(c.user.to_string()),
-                // Only the keyed hash goes on; the password is never kept.
-                c.password
-                    .filter(|_| learns)
-                    .and_then(|p| self.state.password_key(p.as_bytes())),
-            ),
-            None => (None, None),
-        };
+        let (user, password_key) =
+            match signin::read(protocol, &parts.headers, parts.uri.query(), &body) {
+                signin::Read::SignIn(c) => (
+                    Some(c.user.to_string()),
+                    // Only the keyed hash goes on; the password is never kept.
+                    c.password
+                        .filter(|_| learns)
+                        .and_then(|p| self.state.password_key(p.as_bytes())),
+                ),
+                signin::Read::NoSignIn => (None, None),
+                signin::Read::Refused(e) => {
+                    // Read differently by the STS and the gate? Never forwarded.
+                    return self.reject(
+                        &parts,
+                        conn,
+                        StatusCode::BAD_REQUEST,
+                        protocol,
+                        e.reason(),
+                    );
+                }
+            };
         let (verdict, request, mut event, in_flight) =
             self.decide(&rules, &parts, conn, user, password_key);
         self.metrics.decision(verdict.stage, verdict.action);
+        self.metrics
+            .protocol_requests
+            .with_label_values(&[protocol.as_str(), verdict.action.as_str()])
+            .inc();
+        event.protocol = Some(protocol.as_str());
         if verdict.action == Action::Refuse && verdict.stage == Stage::Lockout {
             self.compromise(&rules, &request);
         }
@@ -200,8 +240,14 @@ impl Gate {
         let response = match verdict.action {
             Action::Refuse => {
                 // Answered no sooner than the STS answers a wrong password.
-                tokio::time::sleep(self.delay.next()).await;
-                blocked::answer(Refusal::Blocked(self.config.blocked))
+                tokio::time::sleep(self.delay[protocol as usize].next()).await;
+                let action = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                blocked::blocked_for(
+                    self.config.blocked,
+                    protocol,
+                    action,
+                    request.user.as_deref(),
+                )
             }
             Action::Redirect => blocked::answer(Refusal::Redirect(
                 verdict.redirect_url.as_deref().unwrap_or("/"),
@@ -220,8 +266,7 @@ impl Gate {
                 let took = started.elapsed();
                 event.upstream_ms = Some(took.as_millis() as u64);
                 if let Ok(r) = &answer {
-                    let signin = self.watch_answer(&learning, &request, r, took);
-                    event.signin = Some(signin);
+                    event.signin = self.watch_answer(&learning, protocol, &request, r, took);
                 }
                 // Learned (or failed): no longer a guess in flight.
                 drop(in_flight);
@@ -242,23 +287,35 @@ impl Gate {
             Option<stsgate_rules::LockoutSettings>,
             Option<stsgate_rules::SpraySettings>,
         ),
+        protocol: Protocol,
         request: &OwnedFacts,
         answer: &Response<Bytes>,
         took: Duration,
-    ) -> &'static str {
-        let result = match wstrust::classify_answer(answer.status().as_u16(), answer.body()) {
-            wstrust::Answer::Success => Some(SignIn::Success),
-            wstrust::Answer::FailedAuthentication => Some(SignIn::Failure),
-            wstrust::Answer::OtherFault | wstrust::Answer::Unknown => None,
+    ) -> Option<&'static str> {
+        if protocol != Protocol::WsTrust && request.user.is_none() {
+            // A form request without credentials (another grant, an MFA
+            // step, a home realm choice) is not a sign-in.
+            return None;
+        }
+        let outcome = signin::classify(
+            protocol,
+            answer.status().as_u16(),
+            answer.headers(),
+            answer.body(),
+        );
+        let result = match outcome {
+            Outcome::Success => Some(SignIn::Success),
+            Outcome::Failure => Some(SignIn::Failure),
+            Outcome::Unknown => None,
         };
-        let name = match result {
-            Some(SignIn::Success) => "success",
-            Some(SignIn::Failure) => "failure",
-            None => "unknown",
-        };
+        let name = outcome.as_str();
         self.metrics.signins.with_label_values(&[name]).inc();
+        self.metrics
+            .protocol_signins
+            .with_label_values(&[protocol.as_str(), name])
+            .inc();
         if result == Some(SignIn::Failure) {
-            self.delay.record_failure(took);
+            self.delay[protocol as usize].record_failure(took);
         }
         if let (Some(result), Some(user)) = (result, &request.user) {
             self.state.learn(
@@ -274,7 +331,7 @@ impl Gate {
                 spray.as_ref(),
             );
         }
-        name
+        Some(name)
     }
 
     /// A request refused by lockout: the right password from an unfamiliar
@@ -370,17 +427,19 @@ impl Gate {
         parts: &http::request::Parts,
         conn: Conn,
         status: StatusCode,
+        protocol: Protocol,
+        reason: &'static str,
     ) -> Response<Body> {
-        let reason = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::REQUEST_TIMEOUT => "body_timeout",
-            _ => "bad_request",
-        };
         self.metrics.rejected.with_label_values(&[reason]).inc();
+        self.metrics
+            .protocol_requests
+            .with_label_values(&[protocol.as_str(), Action::Refuse.as_str()])
+            .inc();
         let response = blocked::answer(Refusal::ClientError(status));
         self.log.send(Event {
             peer_ip: Some(conn.peer),
             path: Some(bounded(parts.uri.path())),
+            protocol: Some(protocol.as_str()),
             stage: Stage::None.as_str(),
             action: Action::Refuse.as_str(),
             status: Some(response.status().as_u16()),

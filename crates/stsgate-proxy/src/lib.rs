@@ -25,6 +25,7 @@ pub mod proxy_body;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod signin;
 pub mod tls;
 pub mod trusted;
 pub mod upstream;

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub bad_forwarded_headers: IntCounter,
     /// Threat feeds that could not be read (their last good contents kept).
     pub feed_failures: IntCounter,
+    /// `stsgate_feed_reloads_total{feed, result}`: see [`Metrics::feed_reload`].
+    feed_reloads: IntCounterVec,
     /// 1 while the rule file on disk compiles (the last load or reload
     /// succeeded), 0 while the last attempt failed: an alert on it keeps
     /// firing until the file is fixed, unlike the failure counter.
@@ -92,6 +94,12 @@ pub struct Metrics {
     /// `stsgate_tls_reloads_total{result}`: listener pairs and upstream CA
     /// files reloaded (`crate::tls`), `success` | `failure` (old one kept).
     pub tls_reloads: IntCounterVec,
+    /// `stsgate_protocol_requests_total{protocol, action}`: decided requests
+    /// by sign-in protocol (`wstrust`, `oauth2_ropc`, `forms`) and action.
+    pub protocol_requests: IntCounterVec,
+    /// `stsgate_protocol_signins_total{protocol, result}`: what the STS
+    /// answered, by sign-in protocol.
+    pub protocol_signins: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -178,6 +186,11 @@ impl Metrics {
                 "stsgate_feed_failures_total",
                 "Threat feed reads that failed; the feed's last good contents were kept.",
             ),
+            feed_reloads: counter_vec(
+                "stsgate_feed_reloads_total",
+                "Threat feed loads by feed name and result: success (a new list), not_modified (304, or the same contents), failure (the last good list kept).",
+                &["feed", "result"],
+            ),
             rules_file_ok: {
                 let g = prometheus::IntGauge::new(
                     "stsgate_rules_file_ok",
@@ -213,6 +226,16 @@ impl Metrics {
                 "Reloads of the listener's certificate and key and of upstream.ca_file, by result (on failure the one in force is kept).",
                 &["result"],
             ),
+            protocol_requests: counter_vec(
+                "stsgate_protocol_requests_total",
+                "Decided requests by sign-in protocol (wstrust, oauth2_ropc, forms) and the action taken.",
+                &["protocol", "action"],
+            ),
+            protocol_signins: counter_vec(
+                "stsgate_protocol_signins_total",
+                "Forwarded sign-ins by protocol and what the STS answered: success, failure, unknown.",
+                &["protocol", "result"],
+            ),
             registry,
         };
         let build_info = prometheus::IntGaugeVec::new(
@@ -236,12 +259,25 @@ impl Metrics {
         }
         for result in ["success", "failure", "unknown"] {
             m.signins.with_label_values(&[result]).reset();
+            for protocol in crate::signin::Protocol::ALL {
+                m.protocol_signins
+                    .with_label_values(&[protocol.as_str(), result])
+                    .reset();
+            }
+        }
+        for protocol in crate::signin::Protocol::ALL {
+            for action in [Action::Forward, Action::Refuse] {
+                m.protocol_requests
+                    .with_label_values(&[protocol.as_str(), action.as_str()])
+                    .reset();
+            }
         }
         for reason in [
             "bad_request",
             "body_timeout",
             "body_too_large",
             "header_too_large",
+            "bad_form",
         ] {
             m.rejected.with_label_values(&[reason]).reset();
         }
@@ -276,6 +312,14 @@ impl Metrics {
         self.rules_file_ok.set(i64::from(ok));
         self.reloads
             .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Counts one load of the threat feed named `feed` in the rule file (a
+    /// download of a URL feed, a read of a file feed at a rule load).
+    pub fn feed_reload(&self, feed: &str, result: crate::feeds::FeedResult) {
+        self.feed_reloads
+            .with_label_values(&[feed, result.as_str()])
             .inc();
     }
 

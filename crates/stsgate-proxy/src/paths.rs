@@ -11,8 +11,11 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-/// The default filtered path.
-pub const DEFAULT_PATHS: &[&str] = &["/adfs/services/trust/"];
+/// The default filtered paths: WS-Trust, the OAuth2 token endpoint (ROPC)
+/// and the passive endpoint with the forms sign-in page (`/adfs/ls/`, also
+/// without the slash and `/adfs/ls/IdpInitiatedSignOn.aspx`). Which
+/// protocol a path speaks is [`crate::signin::Protocol::for_path`].
+pub const DEFAULT_PATHS: &[&str] = &["/adfs/services/trust/", "/adfs/oauth2/token", "/adfs/ls"];
 /// The default refused paths: they bypass ADFS extranet lockout.
 pub const DEFAULT_REFUSE_PATHS: &[&str] = &[
     "/adfs/services/trust/2005/windowstransport",
@@ -208,7 +211,13 @@ mod tests {
             ("/adfs/services/trust/mex/../2005/windowstransport", PathClass::Refuse),
             ("/mex", PathClass::Forward),
             ("/federationmetadata/2007-06/federationmetadata.xml", PathClass::Forward),
-            ("/adfs/ls/", PathClass::Forward),
+            ("/adfs/ls/", PathClass::Filtered),
+            ("/adfs/ls", PathClass::Filtered),
+            ("/ADFS/LS/IdpInitiatedSignOn.aspx", PathClass::Filtered),
+            ("/adfs/oauth2/token", PathClass::Filtered),
+            ("/adfs/oauth2/token/", PathClass::Filtered),
+            ("/adfs/oauth2/authorize", PathClass::Forward),
+            ("/adfs/.well-known/openid-configuration", PathClass::Forward),
             ("/adfs/services/trust", PathClass::Forward),
             ("/adfs/services/trust/2005/windowstransport", PathClass::Refuse),
             ("/adfs/services/trust/13/WindowsTransport", PathClass::Refuse),
@@ -227,7 +236,7 @@ mod tests {
             assert_eq!(f.classify(path), want, "{path}");
         }
         assert_eq!(
-            filter(OtherPaths::Refuse).classify("/adfs/ls/"),
+            filter(OtherPaths::Refuse).classify("/adfs/portal/"),
             PathClass::Refuse
         );
         assert_eq!(
