@@ -1,6 +1,12 @@
-//! The admin listener (PRODUCT.md §4.5): `/metrics`, `/healthz`, `/readyz`
-//! and the bearer-token API under `/api/v1`. Meant for a loopback or
-//! management address.
+//! The admin listener (PRODUCT.md §4.5): `/metrics`, `/healthz`, `/readyz`,
+//! the bearer-token API under `/api/v1` and the admin page at `/ui`
+//! ([`crate::ui`]). Meant for a loopback or management address.
+//!
+//! Two tokens: `admin.token_file` may do everything; `admin.read_token_file`
+//! may only read (GET, and `POST /api/v1/explain`, which changes nothing),
+//! anything else is 403. A caller names itself with `X-Stsgate-Origin`
+//! (the admin page sends `admin-ui`): the origin of the blocks it adds, and
+//! logged with every change it makes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,20 +32,57 @@ const MAX_API_BODY: usize = 64 * 1024;
 /// Most blocks one `POST /api/v1/blocks` may hold (a JSON array).
 const MAX_BLOCKS_PER_POST: usize = 10_000;
 
+/// Most events one `GET /api/v1/events` answers.
+const MAX_EVENTS: usize = crate::recent::CAPACITY;
+/// The header a caller names itself with.
+const X_STSGATE_ORIGIN: &str = "x-stsgate-origin";
+
+/// The API's bearer tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    /// May do everything; `None` turns the API off (404).
+    pub admin: Option<String>,
+    /// May only read.
+    pub read: Option<String>,
+}
+
+/// What a caller's token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Everything.
+    Full,
+    /// GET, and `POST /api/v1/explain`.
+    Read,
+}
+
+impl Access {
+    fn as_str(self) -> &'static str {
+        match self {
+            Access::Full => "full",
+            Access::Read => "read",
+        }
+    }
+}
+
 /// Admin state shared by its connections.
 pub struct Admin {
     gate: Arc<Gate>,
-    token: Option<String>,
+    tokens: Tokens,
+    /// The admin page is served (`admin.ui`).
+    ui: bool,
     /// Rules loaded and listeners bound.
     pub ready: AtomicBool,
 }
 
 impl Admin {
-    /// `token`: the API's bearer token; `None` turns the API off (404).
-    pub fn new(gate: Arc<Gate>, token: Option<String>) -> Admin {
+    /// `tokens.admin`: the API's bearer token; `None` turns the API (and the
+    /// page) off (404). The page follows `admin.ui` in the gate's config.
+    pub fn new(gate: Arc<Gate>, tokens: Tokens) -> Admin {
+        let ui = gate.config.admin.ui_enabled();
         Admin {
             gate,
-            token,
+            tokens,
+            ui,
             ready: AtomicBool::new(false),
         }
     }
@@ -91,18 +134,42 @@ impl Admin {
             }
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readyz(),
+            (&Method::GET, p)
+                if self.ui && self.tokens.admin.is_some() && crate::ui::is_page(p) =>
+            {
+                crate::ui::asset(p).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
+            }
             (_, p) if p.starts_with("/api/v1/") => {
-                let Some(token) = &self.token else {
+                let Some(admin_token) = &self.tokens.admin else {
                     return text(StatusCode::NOT_FOUND, "not found\n");
                 };
-                if !authorized(&req, token) {
+                let Some(access) = authorized(&req, admin_token, self.tokens.read.as_deref())
+                else {
                     let mut r = text(StatusCode::UNAUTHORIZED, "");
                     r.headers_mut()
                         .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
                     return r;
+                };
+                let reads = req.method() == Method::GET
+                    || (req.method() == Method::POST && p == "/api/v1/explain");
+                if access == Access::Read && !reads {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "",
+                        "this token may only read (admin.read_token_file)",
+                    );
                 }
                 let path = p.to_string();
-                self.api(req, &path).await
+                let mut r = self.api(req, &path, access).await;
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+                r.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    header::HeaderValue::from_static("nosniff"),
+                );
+                r
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -137,8 +204,9 @@ impl Admin {
         r
     }
 
-    async fn api(&self, req: Request<Incoming>, path: &str) -> Response<Body> {
+    async fn api(&self, req: Request<Incoming>, path: &str, access: Access) -> Response<Body> {
         let method = req.method().clone();
+        let origin = origin(&req);
         let (route, id) = if let Some(id) = path.strip_prefix("/api/v1/blocks/") {
             ("/api/v1/blocks/{id}", id)
         } else if let Some(user) = path.strip_prefix("/api/v1/lockouts/") {
@@ -150,18 +218,30 @@ impl Admin {
             return error(StatusCode::NOT_FOUND, "", "not found");
         }
         match (&method, route) {
-            (&Method::POST, "/api/v1/reload") => self.reload().await,
+            (&Method::POST, "/api/v1/reload") => self.reload(origin.as_deref()).await,
             (&Method::POST, "/api/v1/blocks") => match read_json(req).await {
-                Ok(body) => self.add_blocks(&body),
+                Ok(body) => self.add_blocks(&body, origin.as_deref()),
                 Err(r) => r,
             },
+            (&Method::GET, "/api/v1/whoami") => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "access": access.as_str(),
+                    "instance": self.gate.state.instance(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                }),
+            ),
+            (&Method::GET, "/api/v1/events") => self.events(req.uri().query()),
+            (&Method::GET, "/api/v1/stats") => self.stats(),
+            (&Method::GET, "/api/v1/rules") => self.rules(),
             (&Method::GET, "/api/v1/blocks") => self.list_blocks(req.uri().query()),
             (&Method::GET, "/api/v1/blocks/{id}") => match self.gate.state.get(id) {
                 Some(b) => json(StatusCode::OK, &b.to_api(stsgate_state::now_ms())),
                 None => error(StatusCode::NOT_FOUND, "", format!("no live block {id:?}")),
             },
             (&Method::DELETE, "/api/v1/blocks/{id}") => match self.gate.state.remove(id) {
-                Some(_) => {
+                Some(b) => {
+                    tracing::info!(id = %b.id, kind = b.target.kind(), origin = origin.as_deref().unwrap_or("api"), "block removed through the API");
                     let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
@@ -183,7 +263,7 @@ impl Admin {
             (&Method::DELETE, "/api/v1/lockouts/{user}") => {
                 let user = percent_decode(id);
                 if self.gate.state.reset_lockout(&user) {
-                    tracing::info!(user = %stsgate_state::guard::user_key(&user), "lockout reset through the API");
+                    tracing::info!(user = %stsgate_state::guard::user_key(&user), origin = origin.as_deref().unwrap_or("api"), "lockout reset through the API");
                     let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
@@ -202,6 +282,10 @@ impl Admin {
             (
                 _,
                 "/api/v1/reload"
+                | "/api/v1/whoami"
+                | "/api/v1/events"
+                | "/api/v1/stats"
+                | "/api/v1/rules"
                 | "/api/v1/blocks"
                 | "/api/v1/blocks/{id}"
                 | "/api/v1/explain"
@@ -212,9 +296,14 @@ impl Admin {
         }
     }
 
-    async fn reload(&self) -> Response<Body> {
+    async fn reload(&self, origin: Option<&str>) -> Response<Body> {
         let rules = &self.gate.rules;
-        match rules.reload("api").await {
+        // The trigger in the log: the page, or the API.
+        let trigger = match origin {
+            Some("admin-ui") => "admin-ui",
+            _ => "api",
+        };
+        match rules.reload(trigger).await {
             Ok(summary) => json(
                 StatusCode::OK,
                 &serde_json::json!({ "result": "success", "rules": rules.path(), "summary": summary }),
@@ -232,7 +321,7 @@ impl Admin {
 
     /// `POST /api/v1/blocks`: one block object (201 with the block), or an
     /// array of them (201 with the array). All are validated before any is added.
-    fn add_blocks(&self, body: &serde_json::Value) -> Response<Body> {
+    fn add_blocks(&self, body: &serde_json::Value, origin: Option<&str>) -> Response<Body> {
         let max_ttl = self.gate.state.max_ttl();
         let items: Vec<&serde_json::Value> = match body {
             serde_json::Value::Array(items) if items.len() > MAX_BLOCKS_PER_POST => {
@@ -247,6 +336,17 @@ impl Admin {
         };
         let mut new = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
+            // X-Stsgate-Origin names blocks that do not name their origin.
+            let named;
+            let item = match (origin, item) {
+                (Some(o), serde_json::Value::Object(map)) if !map.contains_key("origin") => {
+                    let mut map = map.clone();
+                    map.insert("origin".into(), serde_json::Value::from(o));
+                    named = serde_json::Value::Object(map);
+                    &named
+                }
+                _ => *item,
+            };
             match NewBlock::from_json(item, max_ttl) {
                 Ok(n) => new.push(n),
                 Err(e) => {
@@ -340,6 +440,106 @@ impl Admin {
             .map(|b| b.to_api(now))
             .collect();
         json(StatusCode::OK, &serde_json::Value::Array(blocks))
+    }
+
+    /// `GET /api/v1/events[?limit=N]`: the last refusals and failed sign-ins
+    /// (decision-log events, newest first; at most [`MAX_EVENTS`]).
+    fn events(&self, query: Option<&str>) -> Response<Body> {
+        let mut limit = MAX_EVENTS;
+        for (k, v) in form_pairs(query.unwrap_or("")) {
+            match (k.as_str(), v.parse::<usize>()) {
+                ("limit", Ok(n)) => limit = n.min(MAX_EVENTS),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "",
+                        format!("unknown query parameter {k:?}={v:?}: expected limit=N"),
+                    );
+                }
+            }
+        }
+        let events = self.gate.recent().newest(limit);
+        json(
+            StatusCode::OK,
+            &serde_json::to_value(events).unwrap_or_default(),
+        )
+    }
+
+    /// `GET /api/v1/stats`: the gate's own counters and gauges (those of
+    /// `/metrics`) as JSON, for the page's rates: every
+    /// `stsgate_decisions_total`, `stsgate_signins_total` and
+    /// `stsgate_upstream_responses_total` series with its labels, and the
+    /// state gauges.
+    fn stats(&self) -> Response<Body> {
+        let text = self.gate.metrics.render();
+        let text = String::from_utf8_lossy(&text);
+        let mut decisions = Vec::new();
+        let mut signins = serde_json::Map::new();
+        let mut upstream = serde_json::Map::new();
+        let mut gauges = serde_json::Map::new();
+        for (name, labels, value) in text.lines().filter_map(sample) {
+            let label = |k: &str| {
+                labels
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map_or("", |(_, v)| *v)
+                    .to_string()
+            };
+            match name {
+                "stsgate_decisions_total" => decisions.push(serde_json::json!({
+                    "stage": label("stage"), "action": label("action"), "count": value as u64,
+                })),
+                "stsgate_signins_total" => {
+                    signins.insert(label("result"), (value as u64).into());
+                }
+                "stsgate_upstream_responses_total" => {
+                    upstream.insert(label("class"), (value as u64).into());
+                }
+                "stsgate_blocks_active" => {
+                    gauges.insert(
+                        format!("blocks_active_{}", label("kind")),
+                        (value as u64).into(),
+                    );
+                }
+                "stsgate_users_locked" | "stsgate_sprayed_passwords_active" => {
+                    gauges.insert(
+                        name.trim_start_matches("stsgate_").to_string(),
+                        (value as u64).into(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "at_ms": stsgate_state::now_ms(),
+                "decisions": decisions,
+                "signins": signins,
+                "upstream": upstream,
+                "gauges": gauges,
+            }),
+        )
+    }
+
+    /// `GET /api/v1/rules`: the rule set in force: file, SHA-256 of the bytes
+    /// compiled, when and why it was loaded, one summary line per list, and
+    /// whether the file on disk still compiles.
+    fn rules(&self) -> Response<Body> {
+        let rules = &self.gate.rules;
+        let loaded = rules.loaded();
+        let summary = rules.current().summary();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "rules": rules.path(),
+                "sha256": loaded.sha256,
+                "loaded_at": stsgate_state::block::rfc3339(loaded.at_ms),
+                "trigger": loaded.trigger,
+                "file_ok": self.gate.metrics.rules_file_ok.get() == 1,
+                "summary": summary,
+            }),
+        )
     }
 
     /// `POST /api/v1/explain`: the corridor on a described request, with the
@@ -436,22 +636,61 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `Authorization: Bearer TOKEN` (the scheme in any case, RFC 9110 §11.1),
-/// the token compared in constant time.
-fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req
+/// compared in constant time with both tokens.
+fn authorized(req: &Request<Incoming>, admin: &str, read: Option<&str>) -> Option<Access> {
+    let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, given)) = given.trim().split_once(' ') else {
-        return false;
-    };
+        .and_then(|v| v.to_str().ok())?;
+    let (scheme, given) = given.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return false;
+        return None;
     }
-    bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
+    let given = given.trim().as_bytes();
+    let full = bool::from(given.ct_eq(admin.as_bytes()));
+    let read = read.is_some_and(|r| bool::from(given.ct_eq(r.as_bytes())));
+    if full {
+        Some(Access::Full)
+    } else if read {
+        Some(Access::Read)
+    } else {
+        None
+    }
+}
+
+/// `X-Stsgate-Origin`, when it is a valid block origin (1 to 32 letters,
+/// digits, `-`, `_`), lower case.
+fn origin(req: &Request<Incoming>) -> Option<String> {
+    let o = req.headers().get(X_STSGATE_ORIGIN)?.to_str().ok()?;
+    (!o.is_empty()
+        && o.len() <= stsgate_state::block::MAX_ORIGIN
+        && o.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| o.to_ascii_lowercase())
+}
+
+/// One sample line of the text format: name, labels, value.
+fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}')?;
+            let labels = inner
+                .split(',')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            (name, labels)
+        }
+        None => (series, Vec::new()),
+    };
+    Some((name, labels, value))
 }
 
 /// A JSON error answer: `{"error": "...", "field": "..."}`.

@@ -171,6 +171,19 @@ pub struct Admin {
     pub addr: SocketAddr,
     /// Bearer token file; absent: the API answers 404.
     pub token_file: Option<PathBuf>,
+    /// A second bearer token that may only read (GET, and `POST
+    /// /api/v1/explain`, which changes nothing); acting with it is 403.
+    pub read_token_file: Option<PathBuf>,
+    /// `admin.ui`: the admin page at `/ui`; unset: on when `addr` is loopback.
+    pub ui: Option<bool>,
+}
+
+impl Admin {
+    /// Is the admin page served? `admin.ui`, or by default only on a
+    /// loopback address (reached through an SSH tunnel).
+    pub fn ui_enabled(&self) -> bool {
+        self.ui.unwrap_or_else(|| self.addr.ip().is_loopback())
+    }
 }
 
 /// Gate state storage.
@@ -374,6 +387,10 @@ struct RawAdmin {
     /// Default 127.0.0.1:9100.
     addr: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    /// A token that may only read the API.
+    read_token_file: Option<Spanned<String>>,
+    /// The admin page; default on for a loopback `addr` only.
+    ui: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -673,6 +690,12 @@ impl Config {
                 .token_file
                 .as_ref()
                 .map(|p| v.file("admin.token_file", p)),
+            read_token_file: raw
+                .admin
+                .read_token_file
+                .as_ref()
+                .map(|p| v.file("admin.read_token_file", p)),
+            ui: raw.admin.ui,
         };
 
         let log = Log {

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::{Log, LogFormat, SyslogAddr};
 use crate::metrics::Metrics;
+use crate::recent::Recent;
 
 /// Longest header value or user name written to the log.
 const MAX_FIELD: usize = 256;
@@ -95,6 +96,7 @@ pub struct DecisionLog {
     tx: SyncSender<Event>,
     metrics: Metrics,
     closing: Arc<AtomicBool>,
+    recent: Arc<Recent>,
 }
 
 impl DecisionLog {
@@ -108,17 +110,26 @@ impl DecisionLog {
         let format = config.format;
         let closing = Arc::new(AtomicBool::new(false));
         let stop = closing.clone();
+        let recent = Arc::new(Recent::default());
+        let ring = recent.clone();
         let handle = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_loop(rx, sink, format, &stop))?;
+            .spawn(move || write_loop(rx, sink, format, &stop, &ring))?;
         Ok((
             DecisionLog {
                 tx,
                 metrics,
                 closing,
+                recent,
             },
             handle,
         ))
+    }
+
+    /// The last refusals and failed sign-ins the writer wrote (the admin API's
+    /// `GET /api/v1/events`).
+    pub fn recent(&self) -> &Arc<Recent> {
+        &self.recent
     }
 
     /// Asks the writer to write what is queued and end (at shutdown).
@@ -197,7 +208,13 @@ impl Sink {
     }
 }
 
-fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat, closing: &AtomicBool) {
+fn write_loop(
+    rx: Receiver<Event>,
+    mut sink: Sink,
+    format: LogFormat,
+    closing: &AtomicBool,
+    recent: &Recent,
+) {
     let host = hostname();
     let pid = std::process::id();
     // Remote syslog always speaks syslog.
@@ -220,6 +237,7 @@ fn write_loop(rx: Receiver<Event>, mut sink: Sink, format: LogFormat, closing: &
                         LogFormat::Syslog => syslog_line(&event, &host, pid),
                     };
                     sink.write(&line);
+                    recent.offer(&event);
                     wrote = true;
                 }
                 Err(TryRecvError::Empty) => break,

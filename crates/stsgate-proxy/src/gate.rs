@@ -124,6 +124,11 @@ impl Gate {
         })
     }
 
+    /// The last refusals and failed sign-ins (admin API and page).
+    pub fn recent(&self) -> &crate::recent::Recent {
+        self.log.recent()
+    }
+
     /// Ends the decision log's writer once it has written what is queued.
     pub fn close_log(&self) {
         self.log.close();

@@ -23,11 +23,13 @@ pub mod paths;
 pub mod preflight;
 pub mod proxy_body;
 pub mod proxy_protocol;
+pub mod recent;
 pub mod reload;
 pub mod server;
 pub mod signin;
 pub mod tls;
 pub mod trusted;
+pub mod ui;
 pub mod upstream;
 pub mod wstrust;
 

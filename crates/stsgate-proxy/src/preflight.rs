@@ -24,6 +24,8 @@ pub struct Opened {
     pub geoip: Option<Arc<GeoIp>>,
     /// The admin API's bearer token (first line of `admin.token_file`, trimmed).
     pub admin_token: Option<String>,
+    /// The read-only token (`admin.read_token_file`).
+    pub admin_read_token: Option<String>,
 }
 
 /// Opens every file the config names; all problems, positioned at the key
@@ -63,10 +65,33 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
         .admin
         .token_file
         .as_deref()
-        .and_then(|path| match read_token(path) {
+        .and_then(|path| match read_token("admin.token_file", path) {
             Ok(token) => Some(token),
             Err(message) => {
                 errors.push(at("admin.token_file", message));
+                None
+            }
+        });
+    let key = "admin.read_token_file";
+    let admin_read_token = config
+        .admin
+        .read_token_file
+        .as_deref()
+        .and_then(|path| match read_token(key, path) {
+            Ok(token) if config.admin.token_file.is_none() => {
+                errors.push(at(key, format!("{key} needs admin.token_file")));
+                Some(token)
+            }
+            Ok(token) if admin_token.as_ref() == Some(&token) => {
+                errors.push(at(
+                    key,
+                    format!("{key}: the read-only token is the admin token"),
+                ));
+                None
+            }
+            Ok(token) => Some(token),
+            Err(message) => {
+                errors.push(at(key, message));
                 None
             }
         });
@@ -75,19 +100,20 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
             tls,
             geoip,
             admin_token,
+            admin_read_token,
         })
     } else {
         Err(errors)
     }
 }
 
-fn read_token(path: &Path) -> Result<String, String> {
+fn read_token(key: &str, path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("admin.token_file: cannot read {}: {e}", path.display()))?;
+        .map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim();
     if token.is_empty() {
         return Err(format!(
-            "admin.token_file: {} is empty (its first line is the bearer token)",
+            "{key}: {} is empty (its first line is the bearer token)",
             path.display()
         ));
     }

@@ -30,6 +30,29 @@ pub struct Rules {
     /// Called at each reload with its trigger (the trusted proxies and the
     /// TLS files reload too).
     also: Mutex<Vec<ReloadHook>>,
+    /// When and from what the rules in force were compiled.
+    loaded: Mutex<Loaded>,
+}
+
+/// When and from what the rules in force were compiled (`GET /api/v1/rules`).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// SHA-256 of the rule file's bytes, lower-case hex.
+    pub sha256: String,
+    /// `start`, `api`, `admin-ui`, `SIGHUP`, `file change`...
+    pub trigger: &'static str,
+}
+
+impl Loaded {
+    fn now(sha256: String, trigger: &'static str) -> Loaded {
+        Loaded {
+            at_ms: stsgate_state::now_ms(),
+            sha256,
+            trigger,
+        }
+    }
 }
 
 /// A hook run at the start of every reload, with its trigger.
@@ -82,7 +105,7 @@ impl Rules {
     /// Loads the rule file for the first time.
     pub fn load(path: &Path, metrics: Metrics) -> Result<Rules, Vec<SourceError>> {
         let feeds = Arc::new(Mutex::new(HashMap::new()));
-        let rules = compile_file(path, &feeds, &metrics)?;
+        let (rules, sha256) = compile_file(path, &feeds, &metrics)?;
         for w in &rules.warnings {
             tracing::warn!("{w}");
         }
@@ -93,7 +116,16 @@ impl Rules {
             feeds,
             reloading: tokio::sync::Mutex::new(()),
             also: Mutex::new(Vec::new()),
+            loaded: Mutex::new(Loaded::now(sha256, "start")),
         })
+    }
+
+    /// When and from what the rules in force were compiled.
+    pub fn loaded(&self) -> Loaded {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The rules in force now.
@@ -132,7 +164,9 @@ impl Rules {
             )])
         });
         match compiled {
-            Ok(rules) => {
+            Ok((rules, sha256)) => {
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Loaded::now(sha256, trigger);
                 let summary = rules.summary();
                 for w in &rules.warnings {
                     tracing::warn!("{w}");
@@ -274,7 +308,7 @@ fn compile_file(
     path: &Path,
     feeds: &Mutex<HashMap<PathBuf, Arc<str>>>,
     metrics: &Metrics,
-) -> Result<RuleSet, Vec<SourceError>> {
+) -> Result<(RuleSet, String), Vec<SourceError>> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![SourceError::whole_file(
@@ -282,8 +316,13 @@ fn compile_file(
             format!("cannot read the rule file: {e}"),
         )]
     })?;
+    let sha256 = ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let base = path.parent().unwrap_or(Path::new("."));
-    RuleSet::compile(
+    let rules = RuleSet::compile(
         &shown,
         &text,
         &FileFeeds {
@@ -291,5 +330,6 @@ fn compile_file(
             cache: feeds,
             metrics,
         },
-    )
+    )?;
+    Ok((rules, sha256))
 }

@@ -149,7 +149,13 @@ impl Server {
             geoip,
             state,
         ));
-        let admin = Arc::new(Admin::new(gate.clone(), token));
+        let admin = Arc::new(Admin::new(
+            gate.clone(),
+            crate::admin::Tokens {
+                admin: token,
+                read: files.admin_read_token,
+            },
+        ));
         Ok(Server {
             gate,
             redis,
