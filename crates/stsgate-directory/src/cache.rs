@@ -136,7 +136,11 @@ impl Cache {
 
     /// Users held now.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     /// Holds no user.
@@ -152,7 +156,11 @@ impl Inner {
             let Some((key, generation)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&key).is_some_and(|e| e.generation == generation) {
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|e| e.generation == generation)
+            {
                 self.map.remove(&key);
             }
         }
@@ -187,7 +195,10 @@ mod tests {
         cache.finish(p, found("cn=g"), t0);
         assert!(matches!(&*rx.borrow_and_update(), Some(Answer::Found(_))));
         assert!(matches!(&*rx2.borrow_and_update(), Some(Answer::Found(_))));
-        assert!(matches!(cache.get("alice", t0), Lookup::Ready(Answer::Found(_))));
+        assert!(matches!(
+            cache.get("alice", t0),
+            Lookup::Ready(Answer::Found(_))
+        ));
         // Expired: looked up again.
         assert!(matches!(
             cache.get("alice", t0 + Duration::from_secs(61)),
@@ -206,7 +217,10 @@ mod tests {
             }
         }
         assert_eq!(cache.len(), 2);
-        assert!(matches!(cache.get("erin", t0), Lookup::Ready(Answer::NoSuchUser)));
+        assert!(matches!(
+            cache.get("erin", t0),
+            Lookup::Ready(Answer::NoSuchUser)
+        ));
     }
 
     #[test]

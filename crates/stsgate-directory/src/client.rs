@@ -157,7 +157,12 @@ impl Client {
         // Active Directory announces itself in the root DSE.
         let (entries, _) = ldap
             .with_timeout(self.op_timeout)
-            .search("", Scope::Base, "(objectClass=*)", vec!["supportedCapabilities"])
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["supportedCapabilities"],
+            )
             .await
             .map_err(error)?
             .success()

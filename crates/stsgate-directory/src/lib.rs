@@ -300,7 +300,9 @@ impl Directory {
         let answered = waiter.wait_for(Option::is_some);
         match tokio::time::timeout(self.inner.settings.timeout, answered).await {
             Ok(Ok(answer)) => answer.clone().expect("waited for an answer"),
-            Ok(Err(_)) => Answer::Unavailable(Unavailable::Error("the lookup was abandoned".into())),
+            Ok(Err(_)) => {
+                Answer::Unavailable(Unavailable::Error("the lookup was abandoned".into()))
+            }
             Err(_) => {
                 self.inner.metrics.timeout.inc();
                 Answer::Unavailable(Unavailable::Timeout)
@@ -361,11 +363,11 @@ impl Inner {
                 // A connection that stopped answering is not used again.
                 self.client.reset().await;
                 Err(Unavailable::Error(
-                format!(
-                    "no answer from {} within {:?}",
-                    self.settings.url, self.query_bound
-                )
-                .into(),
+                    format!(
+                        "no answer from {} within {:?}",
+                        self.settings.url, self.query_bound
+                    )
+                    .into(),
                 ))
             }
         };
