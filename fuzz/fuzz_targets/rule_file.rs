@@ -17,7 +17,7 @@ const PATH: &str = "fuzz.toml";
 struct FixedFeeds;
 
 impl FeedSource for FixedFeeds {
-    fn feed(&self, path: &str) -> Result<(String, Arc<str>), String> {
+    fn feed(&self, _name: &str, path: &str) -> Result<(String, Arc<str>), String> {
         match path {
             "feeds/missing.txt" => Err("cannot read feeds/missing.txt: not found".into()),
             "feeds/v6.txt" => Ok((

@@ -15,6 +15,7 @@ pub mod corridor;
 pub mod decision_log;
 pub mod delay;
 pub mod explain;
+pub mod feeds;
 pub mod gate;
 pub mod geoip;
 pub mod idle;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use stsgate_rules::{FeedSource, RuleSet, SourceError};
 
+use crate::feeds::{FeedResult, FeedStore};
 use crate::metrics::Metrics;
 
 /// The rules in force.
@@ -25,6 +26,8 @@ pub struct Rules {
     metrics: Metrics,
     /// Last good contents of each feed file.
     feeds: Arc<Mutex<HashMap<PathBuf, Arc<str>>>>,
+    /// Last good downloads of the URL feeds ([`crate::feeds`]).
+    fetched: Arc<FeedStore>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// Called at each reload with its trigger (the trusted proxies and the
@@ -63,24 +66,32 @@ type ReloadHook = Box<dyn Fn(&'static str) + Send + Sync>;
 struct FileFeeds<'a> {
     base: &'a Path,
     cache: &'a Mutex<HashMap<PathBuf, Arc<str>>>,
+    fetched: &'a FeedStore,
     metrics: &'a Metrics,
 }
 
 impl FeedSource for FileFeeds<'_> {
-    fn feed(&self, path: &str) -> Result<(String, Arc<str>), String> {
+    fn feed(&self, name: &str, path: &str) -> Result<(String, Arc<str>), String> {
         let full = self.base.join(path);
         let shown = full.display().to_string();
         match std::fs::read_to_string(&full) {
             Ok(text) => {
                 let text: Arc<str> = Arc::from(text);
-                self.cache
+                let before = self
+                    .cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(full, text.clone());
+                let result = match before {
+                    Some(b) if b == text => FeedResult::NotModified,
+                    _ => FeedResult::Success,
+                };
+                self.metrics.feed_reload(name, result);
                 Ok((shown, text))
             }
             Err(e) => {
                 self.metrics.feed_failures.inc();
+                self.metrics.feed_reload(name, FeedResult::Failure);
                 match self
                     .cache
                     .lock()
@@ -96,16 +107,31 @@ impl FeedSource for FileFeeds<'_> {
             }
         }
     }
+
+    fn fetched(&self, name: &str, url: &str) -> Option<Arc<str>> {
+        self.fetched.get(name, url)
+    }
 }
 
 /// What a reload did.
 pub type ReloadResult = Result<Vec<String>, Vec<SourceError>>;
 
 impl Rules {
-    /// Loads the rule file for the first time.
+    /// Loads the rule file for the first time; URL feeds without their
+    /// downloads (see [`Rules::load_with_feeds`]).
     pub fn load(path: &Path, metrics: Metrics) -> Result<Rules, Vec<SourceError>> {
+        Rules::load_with_feeds(path, metrics, FeedStore::new(None))
+    }
+
+    /// Loads the rule file for the first time, URL feeds from `fetched`
+    /// (the copies kept in `state.dir`, then what the fetch task downloads).
+    pub fn load_with_feeds(
+        path: &Path,
+        metrics: Metrics,
+        fetched: Arc<FeedStore>,
+    ) -> Result<Rules, Vec<SourceError>> {
         let feeds = Arc::new(Mutex::new(HashMap::new()));
-        let (rules, sha256) = compile_file(path, &feeds, &metrics)?;
+        let (rules, sha256) = compile_file(path, &feeds, &fetched, &metrics)?;
         for w in &rules.warnings {
             tracing::warn!("{w}");
         }
@@ -114,6 +140,7 @@ impl Rules {
             path: path.to_path_buf(),
             metrics,
             feeds,
+            fetched,
             reloading: tokio::sync::Mutex::new(()),
             also: Mutex::new(Vec::new()),
             loaded: Mutex::new(Loaded::now(sha256, "start")),
@@ -126,6 +153,11 @@ impl Rules {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The URL feeds' last good downloads.
+    pub fn feeds(&self) -> &Arc<FeedStore> {
+        &self.fetched
     }
 
     /// The rules in force now.
@@ -154,7 +186,7 @@ impl Rules {
         let _one_at_a_time = self.reloading.lock().await;
         let this = self.clone();
         let compiled = tokio::task::spawn_blocking(move || {
-            compile_file(&this.path, &this.feeds, &this.metrics)
+            compile_file(&this.path, &this.feeds, &this.fetched, &this.metrics)
         })
         .await
         .unwrap_or_else(|e| {
@@ -307,6 +339,7 @@ pub(crate) fn watch_dirs(
 fn compile_file(
     path: &Path,
     feeds: &Mutex<HashMap<PathBuf, Arc<str>>>,
+    fetched: &FeedStore,
     metrics: &Metrics,
 ) -> Result<(RuleSet, String), Vec<SourceError>> {
     let shown = path.display().to_string();
@@ -328,6 +361,7 @@ fn compile_file(
         &FileFeeds {
             base,
             cache: feeds,
+            fetched,
             metrics,
         },
     )?;

@@ -107,8 +107,10 @@ impl Server {
     /// Builds everything that can fail before binding.
     pub async fn new(config: Config) -> Result<Server> {
         let metrics = Metrics::new();
-        let rules =
-            Rules::load(&config.rules, metrics.clone()).map_err(|errors| all_errors(&errors))?;
+        // URL threat feeds start from their copies in state.dir (fetched by `serve`).
+        let feeds = crate::feeds::FeedStore::new(Some(&config.state.dir));
+        let rules = Rules::load_with_feeds(&config.rules, metrics.clone(), feeds)
+            .map_err(|errors| all_errors(&errors))?;
         let rules = Arc::new(rules);
         let files = crate::preflight::open(&config).map_err(|errors| all_errors(&errors))?;
         let listener_tls = files.tls;
@@ -246,6 +248,12 @@ impl Server {
             wait_for(stop_rx.clone()),
         ));
         tasks.spawn(reload_on_hangup(self.gate.rules.clone(), stop_rx.clone()));
+        // URL threat feeds, fetched every `refresh` (crate::feeds).
+        tasks.spawn(crate::feeds::run(
+            self.gate.rules.clone(),
+            self.gate.metrics.clone(),
+            wait_for(stop_rx.clone()),
+        ));
         // Gate state's writers and purge run until the listeners are closed
         // and the connections drained, so nothing decided is left unwritten.
         let (state_stop, state_stop_rx) = watch::channel(false);

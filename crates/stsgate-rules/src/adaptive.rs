@@ -13,9 +13,17 @@ use crate::model::{FailureAction, ListRule, RawIpCountry, RawThreat, Restriction
 /// Where the rule engine gets threat feed contents: the caller does the I/O
 /// (and keeps a feed's last good contents when it cannot be read).
 pub trait FeedSource {
-    /// The contents of the feed at `path` (as written in the rule file),
-    /// with the path to report errors against.
-    fn feed(&self, path: &str) -> Result<(String, std::sync::Arc<str>), String>;
+    /// The contents of the feed `name` read from `path` (as written in the
+    /// rule file), with the path to report errors against.
+    fn feed(&self, name: &str, path: &str) -> Result<(String, std::sync::Arc<str>), String>;
+
+    /// The last good download of the URL feed `name` from `url`, when there
+    /// is one (the caller fetches it, off the request path). Without one the
+    /// feed compiles empty, with a warning.
+    fn fetched(&self, name: &str, url: &str) -> Option<std::sync::Arc<str>> {
+        let _ = (name, url);
+        None
+    }
 }
 
 /// What the IP / country check compares against.
@@ -77,12 +85,18 @@ pub struct ThreatLevel {
 pub struct FeedSummary {
     /// `name`.
     pub name: String,
-    /// The file.
+    /// The file, or the URL.
     pub path: String,
     /// Its risk.
     pub risk: Risk,
     /// Entries loaded.
     pub entries: usize,
+    /// `category`, logged as `threat_category` when the feed fires.
+    pub category: Option<std::sync::Arc<str>>,
+    /// How a URL feed is fetched; `None` for a file.
+    pub fetch: Option<crate::feeds::FeedFetch>,
+    /// A URL feed with no download yet (empty until the first one).
+    pub pending: bool,
 }
 
 impl IpCountry {
@@ -182,26 +196,57 @@ impl Threat {
             let mut names = Vec::new();
             for feed in raw.feeds.iter().filter(|f| f.risk == risk) {
                 let index = names.len() as u16;
-                names.push(feed.name.get_ref().clone());
+                let name = feed.name.get_ref();
+                names.push(name.clone());
                 let before = entries.len();
-                match feeds.feed(feed.path.get_ref()) {
-                    Ok((path, text)) => {
-                        let mut fc = Compiler::new(&path, &text);
-                        let mut feed_entries = Vec::new();
-                        let mut feed_patterns = Vec::new();
-                        fc.feed_entries(&mut feed_patterns, &mut feed_entries);
-                        c.warnings.append(&mut fc.warnings);
-                        let base = entries.len() as EntryId;
-                        patterns.extend(feed_patterns.into_iter().map(|(p, id)| (p, id + base)));
-                        entries.extend(feed_entries.into_iter().map(|e| (e, index)));
-                    }
-                    Err(message) => c.errors.push(c.src.error(&feed.path.span(), message)),
+                let (category, fetch) = crate::feeds::check_keys(feed, c);
+                let mut pending = false;
+                let text = match (&feed.path, &fetch) {
+                    (Some(path), _) => match feeds.feed(name, path.get_ref()) {
+                        Ok(found) => Some(found),
+                        Err(message) => {
+                            c.errors.push(c.src.error(&path.span(), message));
+                            None
+                        }
+                    },
+                    (None, Some(fetch)) => match feeds.fetched(name, &fetch.url) {
+                        Some(text) => Some((fetch.url.clone(), text)),
+                        None => {
+                            pending = true;
+                            if let Some(url) = &feed.url {
+                                c.warnings.push(c.src.error(
+                                    &url.span(),
+                                    format!("feed {name:?}: no download yet; it is empty until the first one succeeds"),
+                                ));
+                            }
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                };
+                if let Some((path, text)) = text {
+                    let mut fc = Compiler::new(&path, &text);
+                    let mut feed_entries = Vec::new();
+                    let mut feed_patterns = Vec::new();
+                    fc.feed_entries(&mut feed_patterns, &mut feed_entries);
+                    c.warnings.append(&mut fc.warnings);
+                    let base = entries.len() as EntryId;
+                    patterns.extend(feed_patterns.into_iter().map(|(p, id)| (p, id + base)));
+                    entries.extend(feed_entries.into_iter().map(|e| (e, index)));
                 }
                 summaries.push(FeedSummary {
-                    name: feed.name.get_ref().clone(),
-                    path: feed.path.get_ref().clone(),
+                    name: name.clone(),
+                    path: feed
+                        .path
+                        .as_ref()
+                        .or(feed.url.as_ref())
+                        .map(|p| p.get_ref().clone())
+                        .unwrap_or_default(),
                     risk,
                     entries: entries.len() - before,
+                    category: category.map(std::sync::Arc::from),
+                    fetch,
+                    pending,
                 });
             }
             if !names.is_empty() {
@@ -234,6 +279,15 @@ impl Threat {
             redirect_url,
             feeds: summaries,
         }
+    }
+
+    /// The category of the feed named `feed`, when it has one: what the
+    /// decision log (`threat_category`) and `explain` show when it fires.
+    pub fn category(&self, feed: &str) -> Option<&std::sync::Arc<str>> {
+        self.feeds
+            .iter()
+            .find(|f| f.name == feed)
+            .and_then(|f| f.category.as_ref())
     }
 
     /// The highest level listing one of the addresses (whitelisted ones aside).

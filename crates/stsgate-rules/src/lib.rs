@@ -13,6 +13,7 @@ pub mod adaptive;
 pub mod blocking;
 pub mod decision;
 pub mod error;
+pub mod feeds;
 pub mod ip;
 pub mod ipset;
 pub mod lists;

@@ -133,10 +133,25 @@ pub struct RawThreat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeed {
-    /// The feed's name, used in logs as the list.
+    /// The feed's name, used in logs as the list (and, for a URL feed, as
+    /// its file name in `state.dir/feeds/`).
     pub name: Spanned<String>,
     /// The file: one IP, CIDR or range a line; `#` and `;` start comments.
-    pub path: Spanned<String>,
+    /// Either `path` or `url`.
+    pub path: Option<Spanned<String>>,
+    /// Fetched from here instead (`https://`, or `http://` to a loopback
+    /// host), with ETag / If-Modified-Since, every `refresh`.
+    pub url: Option<Spanned<String>>,
+    /// How often a URL feed is fetched; default `1h`, at least `1s`.
+    pub refresh: Option<Spanned<String>>,
+    /// How long one download of a URL feed may take; default `30s`.
+    pub timeout: Option<Spanned<String>>,
+    /// Extra trust roots (PEM) for a URL feed's server, beside the system's;
+    /// relative to the rule file.
+    pub ca_file: Option<Spanned<String>>,
+    /// The feed's category (`botnet`, `tor`, `scanner`...), logged as
+    /// `threat_category` when it fires.
+    pub category: Option<Spanned<String>>,
     /// The feed's risk level.
     pub risk: Risk,
 }

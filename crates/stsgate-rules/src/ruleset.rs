@@ -387,7 +387,7 @@ fn entries(n: usize) -> String {
 pub struct NoFeeds;
 
 impl FeedSource for NoFeeds {
-    fn feed(&self, path: &str) -> Result<(String, std::sync::Arc<str>), String> {
+    fn feed(&self, _name: &str, path: &str) -> Result<(String, std::sync::Arc<str>), String> {
         Err(format!("feed {path:?} cannot be read here"))
     }
 }

@@ -8,7 +8,7 @@ use crate::*;
 struct Feeds(&'static [(&'static str, &'static str)]);
 
 impl FeedSource for Feeds {
-    fn feed(&self, path: &str) -> Result<(String, Arc<str>), String> {
+    fn feed(&self, _name: &str, path: &str) -> Result<(String, Arc<str>), String> {
         self.0
             .iter()
             .find(|(p, _)| *p == path)

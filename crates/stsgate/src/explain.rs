@@ -80,9 +80,10 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let Some(config) = crate::load_config(&args.config) else {
         anyhow::bail!("the config has errors");
     };
-    let rules = match stsgate_proxy::reload::Rules::load(
+    let rules = match stsgate_proxy::reload::Rules::load_with_feeds(
         &config.rules,
         stsgate_proxy::metrics::Metrics::new(),
+        stsgate_proxy::feeds::FeedStore::new(Some(&config.state.dir)),
     ) {
         Ok(rules) => rules.current(),
         Err(errors) => {
