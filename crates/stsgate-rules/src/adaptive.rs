@@ -1,14 +1,21 @@
 //! Stage 3: adaptive checks, run when `request_blocking.use_adaptive` is
-//! true: (a) IP / country restriction, (b) the threat service. A check that
-//! fires applies its failure action (PRODUCT.md §3.3).
+//! true, in PRODUCT.md order: (a) IP / country / ASN restriction, (b)
+//! anonymous IPs, (c) the threat service, (d) user / group restriction, (e)
+//! geo-velocity. Each is a [`Check`] with one signature; a check that fires
+//! applies its failure action (PRODUCT.md §3.3).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::decision::{Action, Country, Decision, Entry, Facts, Outcome, Stage, Step, Trace};
+pub use crate::anonymous::AnonymousIp;
+use crate::decision::{
+    Action, Country, Decision, Detail, Entry, Facts, Outcome, Stage, Step, Trace,
+};
 use crate::ip::IpPattern;
 use crate::ipset::{EntryId, IpSet};
 use crate::lists::{Compiler, IpList};
 use crate::model::{FailureAction, ListRule, RawIpCountry, RawThreat, Restriction, Risk};
+pub use crate::user_group::UserGroup;
+pub use crate::velocity::GeoVelocity;
 
 /// Where the rule engine gets threat feed contents: the caller does the I/O
 /// (and keeps a feed's last good contents when it cannot be read).
@@ -36,6 +43,12 @@ pub enum Restricted {
         rule: ListRule,
         codes: HashSet<Country>,
         entries: Vec<(Country, Entry)>,
+    },
+    /// Autonomous system numbers (0: unknown), with their entries.
+    Asn {
+        rule: ListRule,
+        numbers: HashMap<u32, usize>,
+        entries: Vec<(u32, Entry)>,
     },
 }
 
@@ -108,11 +121,7 @@ impl IpCountry {
                 let mut entries = Vec::new();
                 for item in &raw.entries {
                     match Country::parse(item.get_ref().trim()) {
-                        Some(code) => entries.push((code, Entry {
-                            text: item.get_ref().trim().into(),
-                            file: c.file.clone(),
-                            line: c.src.position(item.span().start).0,
-                        })),
+                        Some(code) => entries.push((code, c.entry(item.get_ref().trim(), item.span().start))),
                         None => c.errors.push(c.src.error(
                             &item.span(),
                             format!("invalid country {:?}: expected an ISO 3166 alpha-2 code such as \"KP\" (\"ZZ\": unknown)", item.get_ref()),
@@ -122,6 +131,27 @@ impl IpCountry {
                 Restricted::Country {
                     rule,
                     codes: entries.iter().map(|(c, _)| *c).collect(),
+                    entries,
+                }
+            }
+            Restriction::Asn => {
+                let mut entries = Vec::new();
+                for item in &raw.entries {
+                    match parse_asn(item.get_ref().trim()) {
+                        Some(n) => entries.push((n, c.entry(item.get_ref().trim(), item.span().start))),
+                        None => c.errors.push(c.src.error(
+                            &item.span(),
+                            format!("invalid ASN {:?}: expected an autonomous system number such as \"AS15169\" (\"AS0\": unknown)", item.get_ref()),
+                        )),
+                    }
+                }
+                let mut numbers = HashMap::new();
+                for (i, (n, _)) in entries.iter().enumerate() {
+                    numbers.entry(*n).or_insert(i);
+                }
+                Restricted::Asn {
+                    rule,
+                    numbers,
                     entries,
                 }
             }
@@ -145,11 +175,21 @@ impl IpCountry {
         self.enabled && matches!(self.restricted, Restricted::Country { .. })
     }
 
-    fn fires<'r>(&'r self, facts: &Facts<'_>) -> (bool, &'static str, Option<&'r Entry>) {
+    /// Does the restriction need the client's ASN?
+    pub fn needs_asn(&self) -> bool {
+        self.enabled && matches!(self.restricted, Restricted::Asn { .. })
+    }
+
+    fn fires<'r>(&'r self, facts: &Facts<'_>) -> (bool, &'static str, Option<&'r Entry>, Detail) {
         match &self.restricted {
             Restricted::Ip(list) => {
                 let (fires, entry) = list.fires(facts.hops());
-                (fires, crate::blocking::rule_name(list.rule), entry)
+                (
+                    fires,
+                    crate::blocking::rule_name(list.rule),
+                    entry,
+                    Detail::None,
+                )
             }
             Restricted::Country {
                 rule,
@@ -160,10 +200,42 @@ impl IpCountry {
                 let listed = codes.contains(&country);
                 let entry = entries.iter().find(|(c, _)| *c == country).map(|(_, e)| e);
                 let fires = listed == (*rule == ListRule::Deny);
-                (fires, crate::blocking::rule_name(*rule), entry)
+                (
+                    fires,
+                    crate::blocking::rule_name(*rule),
+                    entry,
+                    Detail::Country(country),
+                )
+            }
+            Restricted::Asn {
+                rule,
+                numbers,
+                entries,
+            } => {
+                let asn = facts.asn.unwrap_or(0);
+                let entry = numbers.get(&asn).map(|&i| &entries[i].1);
+                let fires = entry.is_some() == (*rule == ListRule::Deny);
+                (
+                    fires,
+                    crate::blocking::rule_name(*rule),
+                    entry,
+                    Detail::Asn(asn),
+                )
             }
         }
     }
+}
+
+/// `AS15169` (any case) as a number.
+fn parse_asn(text: &str) -> Option<u32> {
+    let digits = text
+        .get(..2)
+        .filter(|p| p.eq_ignore_ascii_case("as"))
+        .map(|_| &text[2..])?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Threat {
@@ -307,7 +379,7 @@ impl Threat {
     }
 }
 
-fn failure_action(
+pub(crate) fn failure_action(
     c: &mut Compiler<'_>,
     action: Option<&toml::Spanned<FailureAction>>,
     default: FailureAction,
@@ -351,13 +423,70 @@ fn redirect_target(
     }
 }
 
-/// The compiled adaptive stage.
+/// The compiled adaptive stage: its checks, in corridor order.
 #[derive(Debug, Clone, Default)]
 pub struct Adaptive {
     /// 3a.
     pub ip_country: Option<IpCountry>,
     /// 3b.
+    pub anonymous_ip: Option<AnonymousIp>,
+    /// 3c.
     pub threat: Option<Threat>,
+    /// 3d.
+    pub user_group: Option<UserGroup>,
+    /// 3e.
+    pub geo_velocity: Option<GeoVelocity>,
+}
+
+/// What one adaptive check concluded for one request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look<'r> {
+    /// Fired, with this action; `None`: passed.
+    pub action: Option<FailureAction>,
+    /// The list compared (`allow` / `deny`, a feed's name, ...).
+    pub list: Option<&'r str>,
+    /// The entry that matched.
+    pub entry: Option<&'r Entry>,
+    /// For `redirect`.
+    pub redirect_url: Option<&'r str>,
+    /// Why.
+    pub note: &'static str,
+    /// What was computed, for `explain`.
+    pub detail: Detail,
+}
+
+impl<'r> Look<'r> {
+    /// Fires with `action` when `fires`, else passes.
+    pub fn of(
+        fires: bool,
+        action: FailureAction,
+        redirect_url: Option<&'r str>,
+        list: Option<&'r str>,
+        entry: Option<&'r Entry>,
+        note: &'static str,
+    ) -> Look<'r> {
+        Look {
+            action: fires.then_some(action),
+            list,
+            entry,
+            redirect_url,
+            note,
+            detail: Detail::None,
+        }
+    }
+
+    /// The same, showing `detail`.
+    pub fn with(self, detail: Detail) -> Look<'r> {
+        Look { detail, ..self }
+    }
+}
+
+/// One adaptive check: the one signature every check of stage 3 has.
+pub(crate) trait Check {
+    /// `enabled` in the rule file.
+    fn enabled(&self) -> bool;
+    /// Looks at the request. Allocation-free.
+    fn look<'r>(&'r self, facts: &Facts<'_>) -> Look<'r>;
 }
 
 /// How the adaptive stage ends.
@@ -374,96 +503,142 @@ pub(crate) enum AdaptiveOutcome<'r> {
 }
 
 impl Adaptive {
-    /// Runs 3a then 3b.
+    /// The checks in PRODUCT.md order: ip_country, anonymous_ip, threat,
+    /// user_group, geo_velocity (absent ones as `None`, with their stage).
+    fn checks(&self) -> [(Stage, Option<&dyn Check>); 5] {
+        [
+            (
+                Stage::IpCountry,
+                self.ip_country.as_ref().map(|c| c as &dyn Check),
+            ),
+            (
+                Stage::AnonymousIp,
+                self.anonymous_ip.as_ref().map(|c| c as &dyn Check),
+            ),
+            (Stage::Threat, self.threat.as_ref().map(|c| c as &dyn Check)),
+            (
+                Stage::UserGroup,
+                self.user_group.as_ref().map(|c| c as &dyn Check),
+            ),
+            (
+                Stage::GeoVelocity,
+                self.geo_velocity.as_ref().map(|c| c as &dyn Check),
+            ),
+        ]
+    }
+
+    /// Is any check configured (present in the rule file)?
+    pub fn any_configured(&self) -> bool {
+        self.checks().iter().any(|(_, c)| c.is_some())
+    }
+
+    /// Runs the checks in order; the first that fires with an action other
+    /// than `continue` ends the stage.
     pub(crate) fn decide<'r>(
         &'r self,
         facts: &Facts<'_>,
         trace: &mut impl Trace<'r>,
     ) -> AdaptiveOutcome<'r> {
         let mut last = None;
-        // 3a: IP / country.
-        match &self.ip_country {
-            None => trace.step(crate::blocking::step(
-                Stage::IpCountry,
-                Outcome::NotConfigured,
-                None,
-                None,
-                "section absent",
-            )),
-            Some(check) if !check.enabled => trace.step(crate::blocking::step(
-                Stage::IpCountry,
-                Outcome::Disabled,
-                None,
-                None,
-                "enabled = false",
-            )),
-            Some(check) => {
-                let (fires, list, entry) = check.fires(facts);
-                if fires {
-                    let decision = fired(
-                        Stage::IpCountry,
-                        check.action,
-                        Some(list),
-                        entry,
-                        check.redirect_url.as_deref(),
-                    );
-                    trace.step(fired_step(&decision, "the check fires"));
-                    match leave(decision, check.action) {
-                        Some(outcome) => return outcome,
-                        None => last = Some(decision),
-                    }
-                } else {
+        for (stage, check) in self.checks() {
+            let check = match check {
+                None => {
                     trace.step(crate::blocking::step(
-                        Stage::IpCountry,
-                        Outcome::Passed,
-                        Some(list),
-                        entry,
-                        "does not fire",
+                        stage,
+                        Outcome::NotConfigured,
+                        None,
+                        None,
+                        "section absent",
                     ));
+                    continue;
                 }
+                Some(c) if !c.enabled() => {
+                    trace.step(crate::blocking::step(
+                        stage,
+                        Outcome::Disabled,
+                        None,
+                        None,
+                        "enabled = false",
+                    ));
+                    continue;
+                }
+                Some(c) => c,
+            };
+            let look = check.look(facts);
+            let Some(action) = look.action else {
+                trace.step(Step {
+                    detail: look.detail,
+                    ..crate::blocking::step(
+                        stage,
+                        Outcome::Passed,
+                        look.list,
+                        look.entry,
+                        look.note,
+                    )
+                });
+                continue;
+            };
+            let decision = fired(stage, action, look.list, look.entry, look.redirect_url);
+            trace.step(Step {
+                detail: look.detail,
+                ..fired_step(&decision, look.note)
+            });
+            match leave(decision, action) {
+                Some(outcome) => return outcome,
+                None => last = Some(decision),
             }
         }
-        // 3b: threat service.
-        match &self.threat {
-            None => trace.step(crate::blocking::step(
-                Stage::Threat,
-                Outcome::NotConfigured,
-                None,
-                None,
-                "section absent",
-            )),
-            Some(check) if !check.enabled => trace.step(crate::blocking::step(
-                Stage::Threat,
-                Outcome::Disabled,
-                None,
-                None,
-                "enabled = false",
-            )),
-            Some(check) => match check.fires(facts) {
-                Some((level, feed, entry)) => {
-                    let decision = fired(
-                        Stage::Threat,
-                        level.action,
-                        Some(feed),
-                        Some(entry),
-                        check.redirect_url.as_deref(),
-                    );
-                    trace.step(fired_step(&decision, risk_note(level.risk)));
-                    if let Some(outcome) = leave(decision, level.action) {
-                        return outcome;
-                    }
-                    last = Some(decision);
-                }
-                None => trace.step(crate::blocking::step(
-                    Stage::Threat,
-                    Outcome::Passed,
-                    None,
-                    None,
-                    "in no feed, or whitelisted",
-                )),
-            },
-        }
         AdaptiveOutcome::Continue(last)
+    }
+}
+
+impl Check for IpCountry {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn look<'r>(&'r self, facts: &Facts<'_>) -> Look<'r> {
+        let (fires, list, entry, detail) = self.fires(facts);
+        Look::of(
+            fires,
+            self.action,
+            self.redirect_url.as_deref(),
+            Some(list),
+            entry,
+            if fires {
+                "the check fires"
+            } else {
+                "does not fire"
+            },
+        )
+        .with(detail)
+    }
+}
+
+impl Check for Threat {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn look<'r>(&'r self, facts: &Facts<'_>) -> Look<'r> {
+        match self.fires(facts) {
+            Some((level, feed, entry)) => Look::of(
+                true,
+                level.action,
+                self.redirect_url.as_deref(),
+                Some(feed),
+                Some(entry),
+                risk_note(level.risk),
+            ),
+            None => Look::of(
+                false,
+                FailureAction::Continue,
+                None,
+                None,
+                None,
+                "in no feed, or whitelisted",
+            ),
+        }
     }
 }
 
@@ -496,6 +671,7 @@ fn fired_step<'r>(d: &Decision<'r>, note: &'static str) -> Step<'r> {
         entry: d.entry,
         action: Some(d.action),
         note,
+        detail: Detail::None,
     }
 }
 

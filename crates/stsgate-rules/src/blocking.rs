@@ -176,5 +176,6 @@ pub(crate) fn step<'r>(
         entry,
         action: None,
         note,
+        detail: crate::decision::Detail::None,
     }
 }

@@ -18,8 +18,14 @@ pub enum Stage {
     Spray,
     /// Stage 3a: adaptive IP / country restriction.
     IpCountry,
-    /// Stage 3b: adaptive threat service.
+    /// Stage 3b: anonymous IPs (VPN, Tor, proxies, hosting).
+    AnonymousIp,
+    /// Stage 3c: adaptive threat service.
     Threat,
+    /// Stage 3d: user / group restriction.
+    UserGroup,
+    /// Stage 3e: geo-velocity (impossible travel).
+    GeoVelocity,
     /// Stage 4: the request blocking IP section.
     Ip,
     /// Stage 4: the request blocking application section.
@@ -34,12 +40,15 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in label order.
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 13] = [
         Stage::DynamicBlock,
         Stage::Lockout,
         Stage::Spray,
         Stage::IpCountry,
+        Stage::AnonymousIp,
         Stage::Threat,
+        Stage::UserGroup,
+        Stage::GeoVelocity,
         Stage::Ip,
         Stage::Application,
         Stage::UserAgent,
@@ -54,7 +63,10 @@ impl Stage {
             Stage::Lockout => "lockout",
             Stage::Spray => "spray",
             Stage::IpCountry => "ip_country",
+            Stage::AnonymousIp => "anonymous_ip",
             Stage::Threat => "threat",
+            Stage::UserGroup => "user_group",
+            Stage::GeoVelocity => "geo_velocity",
             Stage::Ip => "ip",
             Stage::Application => "application",
             Stage::UserAgent => "user_agent",
@@ -231,6 +243,141 @@ pub struct Facts<'a> {
     /// The keyed hash of the password the request carries (never the
     /// password), for the spray defence and the lockout's repeated-password rule.
     pub password_key: Option<[u8; 16]>,
+    /// The user's groups from the directory, when the rules need them.
+    pub groups: Groups<'a>,
+    /// The client's autonomous system number, when the rules need it
+    /// ([`crate::RuleSet::needs_asn`]); `Some(0)` when not known (`AS0`).
+    pub asn: Option<u32>,
+    /// The client IP's anonymity categories, when the rules need them
+    /// ([`crate::RuleSet::needs_anonymous`]).
+    pub anonymous: Option<Anonymous>,
+    /// Where the client IP is, when the rules need it
+    /// ([`crate::RuleSet::needs_place`]) and the city database knows it.
+    pub place: Option<Place>,
+    /// The user's last successful sign-in, when geo-velocity needs it and
+    /// the gate knows one.
+    pub last_signin: Option<SignedIn>,
+    /// Every address of the request is a familiar IP of the user (smart
+    /// lockout's sense, §4.4); filled with [`Facts::last_signin`].
+    pub familiar: bool,
+}
+
+/// The user's groups, as the directory answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Groups<'a> {
+    /// Not looked up: the rules need no groups, or the request has no user.
+    #[default]
+    NotLooked,
+    /// Every group the user is in, nested membership included, each a DN
+    /// normalised by [`normalize_dn`].
+    Found(&'a [Box<str>]),
+    /// The directory knows no such user.
+    NoSuchUser,
+    /// The directory did not answer within `directory.timeout` or failed;
+    /// `refuse` is `directory.on_error = "refuse"`.
+    Unavailable {
+        /// `directory.on_error = "refuse"`.
+        refuse: bool,
+    },
+}
+
+/// Distinguished names compare in this form: ASCII-lowercased, spaces
+/// around `,` and `=` removed, and no leading or trailing spaces. Used on
+/// both the rule file's `groups` and the directory's answers.
+pub fn normalize_dn(dn: &str) -> String {
+    let mut out = String::with_capacity(dn.len());
+    let mut after_separator = true;
+    for c in dn.trim().chars() {
+        match c {
+            ',' | '=' => {
+                out.truncate(out.trim_end_matches(' ').len());
+                out.push(c);
+                after_separator = true;
+            }
+            ' ' if after_separator => {}
+            _ => {
+                out.push(c.to_ascii_lowercase());
+                after_separator = false;
+            }
+        }
+    }
+    out
+}
+
+/// The anonymity categories of MaxMind's Anonymous IP database, as bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Anonymous(pub u8);
+
+impl Anonymous {
+    /// `anonymous_vpn`.
+    pub const VPN: Anonymous = Anonymous(1);
+    /// `hosting_provider`.
+    pub const HOSTING: Anonymous = Anonymous(2);
+    /// `public_proxy`.
+    pub const PUBLIC_PROXY: Anonymous = Anonymous(4);
+    /// `residential_proxy`.
+    pub const RESIDENTIAL_PROXY: Anonymous = Anonymous(8);
+    /// `tor_exit_node`.
+    pub const TOR: Anonymous = Anonymous(16);
+    /// Every category with its name in the rule file.
+    pub const NAMES: [(&'static str, Anonymous); 5] = [
+        ("anonymous_vpn", Anonymous::VPN),
+        ("hosting_provider", Anonymous::HOSTING),
+        ("public_proxy", Anonymous::PUBLIC_PROXY),
+        ("residential_proxy", Anonymous::RESIDENTIAL_PROXY),
+        ("tor_exit_node", Anonymous::TOR),
+    ];
+
+    /// No category.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Both sets together.
+    pub const fn union(self, other: Anonymous) -> Anonymous {
+        Anonymous(self.0 | other.0)
+    }
+
+    /// The categories in both.
+    pub const fn intersection(self, other: Anonymous) -> Anonymous {
+        Anonymous(self.0 & other.0)
+    }
+
+    /// The category named `name` in the rule file.
+    pub fn parse(name: &str) -> Option<Anonymous> {
+        Anonymous::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// The names of the categories set, in [`Anonymous::NAMES`] order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Anonymous::NAMES
+            .into_iter()
+            .filter(move |(_, a)| self.0 & a.0 != 0)
+            .map(|(n, _)| n)
+    }
+}
+
+/// A place on Earth as the city database gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Place {
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+    /// How far off the place may be, in km (`location.accuracy_radius`).
+    pub accuracy_km: u16,
+}
+
+/// A successful sign-in: where and when.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct SignedIn {
+    /// Where the client IP was.
+    pub place: Place,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 impl<'a> Facts<'a> {
@@ -249,6 +396,12 @@ impl<'a> Facts<'a> {
             user: None,
             now_ms: 0,
             password_key: None,
+            groups: Groups::NotLooked,
+            asn: None,
+            anonymous: None,
+            place: None,
+            last_signin: None,
+            familiar: false,
         }
     }
 
@@ -345,6 +498,78 @@ pub struct Step<'r> {
     pub action: Option<Action>,
     /// A few words on why.
     pub note: &'static str,
+    /// What the check computed, when it is worth showing.
+    #[serde(skip_serializing_if = "Detail::is_none")]
+    pub detail: Detail,
+}
+
+/// What a check computed, for `explain`: small and `Copy`, so the gate's
+/// trace stays allocation-free.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Detail {
+    /// Nothing to show.
+    #[default]
+    None,
+    /// The client's country.
+    Country(Country),
+    /// The client's autonomous system number (0: unknown).
+    Asn(u32),
+    /// The client IP's anonymity categories.
+    Anonymous(Anonymous),
+    /// Geo-velocity: from the last successful sign-in to here.
+    Travel {
+        /// Great-circle distance, km.
+        distance_km: f64,
+        /// Time since the last sign-in, hours.
+        hours: f64,
+        /// Implied speed, km/h (infinite when no time passed).
+        speed_kmh: f64,
+        /// Distance that must be exceeded to fire: `min_distance_km` plus
+        /// both accuracy radii.
+        threshold_km: f64,
+    },
+}
+
+impl Detail {
+    /// True for [`Detail::None`].
+    pub fn is_none(&self) -> bool {
+        matches!(self, Detail::None)
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Detail::None => Ok(()),
+            Detail::Country(c) => write!(f, "country {}", c.as_str()),
+            Detail::Asn(n) => write!(f, "AS{n}"),
+            Detail::Anonymous(a) if a.is_empty() => f.write_str("no anonymity category"),
+            Detail::Anonymous(a) => {
+                for (i, name) in a.names().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(name)?;
+                }
+                Ok(())
+            }
+            Detail::Travel {
+                distance_km,
+                hours,
+                speed_kmh,
+                threshold_km,
+            } => write!(
+                f,
+                "{distance_km:.0} km (fires beyond {threshold_km:.0} km) in {hours:.2} h: {speed_kmh:.0} km/h"
+            ),
+        }
+    }
+}
+
+impl Serialize for Detail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Receives the steps of a decision. `()` ignores them (the request path);

@@ -10,6 +10,7 @@
 //! (binary search), header lists one Aho-Corasick automaton each.
 
 pub mod adaptive;
+pub mod anonymous;
 pub mod blocking;
 pub mod decision;
 pub mod error;
@@ -21,13 +22,20 @@ pub mod model;
 pub mod ruleset;
 pub mod text;
 pub mod units;
+pub mod user_group;
+pub mod velocity;
 
 pub use adaptive::FeedSource;
-pub use decision::{Action, Country, Decision, Entry, Facts, Outcome, Stage, Step, Trace};
+pub use decision::{
+    Action, Anonymous, Country, Decision, Detail, Entry, Facts, Groups, Outcome, Place, SignedIn,
+    Stage, Step, Trace, normalize_dn,
+};
 pub use error::{SourceError, SourceText};
 pub use ipset::IpSet;
 pub use model::{FailureAction, ListRule, Logic, Mode, Risk};
 pub use ruleset::{LockoutSettings, NoFeeds, RuleSet, SpraySettings};
 
+#[cfg(test)]
+mod stage3_tests;
 #[cfg(test)]
 mod tests;

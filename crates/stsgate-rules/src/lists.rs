@@ -102,7 +102,8 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn entry(&self, text: &str, offset: usize) -> Entry {
+    /// An entry written at `offset` of the source.
+    pub fn entry(&self, text: &str, offset: usize) -> Entry {
         Entry {
             text: text.into(),
             file: self.file.clone(),

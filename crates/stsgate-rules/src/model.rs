@@ -87,8 +87,66 @@ pub enum UserAgentHeader {
 pub struct RawAdaptive {
     /// `[adaptive.ip_country]`.
     pub ip_country: Option<RawIpCountry>,
+    /// `[adaptive.anonymous_ip]`.
+    pub anonymous_ip: Option<RawAnonymousIp>,
     /// `[adaptive.threat]`.
     pub threat: Option<RawThreat>,
+    /// `[adaptive.user_group]`.
+    pub user_group: Option<RawUserGroup>,
+    /// `[adaptive.geo_velocity]`.
+    pub geo_velocity: Option<RawGeoVelocity>,
+}
+
+/// `[adaptive.anonymous_ip]` (needs `geoip.anonymous_ip_db`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnonymousIp {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// `anonymous_vpn`, `hosting_provider`, `public_proxy`,
+    /// `residential_proxy`, `tor_exit_node`.
+    #[serde(default)]
+    pub categories: Vec<Spanned<String>>,
+    /// What to do when the check fires; default `refuse`.
+    pub failure_action: Option<Spanned<FailureAction>>,
+    /// Where `redirect` sends the client.
+    pub redirect_url: Option<Spanned<String>>,
+}
+
+/// `[adaptive.user_group]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUserGroup {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// `allow`: fires for users listed nowhere; `deny` (default): for listed users.
+    pub list: Option<ListRule>,
+    /// UPN, `DOMAIN\sam` or sAMAccountName globs (`*`, `?`, `[..]`), any case.
+    #[serde(default)]
+    pub users: Vec<Spanned<String>>,
+    /// Group distinguished names; nested membership counts (needs `[directory]`).
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    /// What to do when the check fires; default `refuse`.
+    pub failure_action: Option<Spanned<FailureAction>>,
+    /// Where `redirect` sends the client.
+    pub redirect_url: Option<Spanned<String>>,
+}
+
+/// `[adaptive.geo_velocity]` (needs `geoip.city_db`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoVelocity {
+    /// Default true when the section is present.
+    pub enabled: Option<bool>,
+    /// Implied speeds above this fire; default 900.
+    pub max_speed_kmh: Option<Spanned<i64>>,
+    /// Shorter hops (plus both accuracy radii) never fire; default 500.
+    pub min_distance_km: Option<Spanned<i64>>,
+    /// What to do when the check fires; default `refuse`.
+    pub failure_action: Option<Spanned<FailureAction>>,
+    /// Where `redirect` sends the client.
+    pub redirect_url: Option<Spanned<String>>,
 }
 
 /// `[adaptive.ip_country]`.
@@ -97,11 +155,12 @@ pub struct RawAdaptive {
 pub struct RawIpCountry {
     /// Default true when the section is present.
     pub enabled: Option<bool>,
-    /// `ip` (default) or `country`.
+    /// `ip` (default), `country` or `asn`.
     pub restriction: Option<Restriction>,
     /// `allow` or `deny` (default).
     pub list: Option<ListRule>,
-    /// IP notation, or ISO 3166 alpha-2 codes (`ZZ`: unknown).
+    /// IP notation, ISO 3166 alpha-2 codes (`ZZ`: unknown) or `AS15169`
+    /// numbers (`AS0`: unknown).
     #[serde(default)]
     pub entries: Vec<Spanned<String>>,
     /// What to do when the check fires; default `refuse`.
@@ -241,6 +300,8 @@ pub enum Restriction {
     Ip,
     /// The client's country against ISO codes.
     Country,
+    /// The client's autonomous system number against `AS15169` entries.
+    Asn,
 }
 
 /// A threat feed's risk level.

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::adaptive::{Adaptive, AdaptiveOutcome, FeedSource, IpCountry, Restricted, Threat};
+use crate::adaptive::{
+    Adaptive, AdaptiveOutcome, AnonymousIp, FeedSource, GeoVelocity, IpCountry, Restricted, Threat,
+    UserGroup,
+};
 use crate::blocking::{RequestBlocking, rule_name, step};
 use crate::decision::{Decision, Facts, Outcome, Stage, Trace};
 use crate::error::SourceError;
@@ -103,15 +106,19 @@ impl RuleSet {
             None => Adaptive::default(),
             Some(a) => Adaptive {
                 ip_country: a.ip_country.as_ref().map(|s| IpCountry::compile(s, &mut c)),
+                anonymous_ip: a
+                    .anonymous_ip
+                    .as_ref()
+                    .map(|s| AnonymousIp::compile(s, &mut c)),
                 threat: a.threat.as_ref().map(|s| Threat::compile(s, &mut c, feeds)),
+                user_group: a.user_group.as_ref().map(|s| UserGroup::compile(s, &mut c)),
+                geo_velocity: a
+                    .geo_velocity
+                    .as_ref()
+                    .map(|s| GeoVelocity::compile(s, &mut c)),
             },
         };
-        if !use_adaptive
-            && raw
-                .adaptive
-                .as_ref()
-                .is_some_and(|a| a.ip_country.is_some() || a.threat.is_some())
-        {
+        if !use_adaptive && adaptive.any_configured() {
             c.warnings.push(c.src.error_at(
                 0,
                 "[adaptive] checks are configured but request_blocking.use_adaptive is not true: they do not run",
@@ -168,8 +175,28 @@ impl RuleSet {
             if self.adaptive.ip_country.as_ref().is_some_and(|c| c.enabled) {
                 out.push("adaptive.ip_country");
             }
-            if self.adaptive.threat.as_ref().is_some_and(|t| t.enabled) {
-                out.push("adaptive.threat");
+            let a = &self.adaptive;
+            for (name, on) in [
+                (
+                    "adaptive.anonymous_ip",
+                    a.anonymous_ip.as_ref().is_some_and(|c| c.enabled),
+                ),
+                (
+                    "adaptive.threat",
+                    a.threat.as_ref().is_some_and(|t| t.enabled),
+                ),
+                (
+                    "adaptive.user_group",
+                    a.user_group.as_ref().is_some_and(|c| c.enabled),
+                ),
+                (
+                    "adaptive.geo_velocity",
+                    a.geo_velocity.as_ref().is_some_and(|c| c.enabled),
+                ),
+            ] {
+                if on {
+                    out.push(name);
+                }
             }
         }
         if self.lockout.as_ref().is_some_and(|l| l.enabled) {
@@ -189,6 +216,49 @@ impl RuleSet {
                 .ip_country
                 .as_ref()
                 .is_some_and(IpCountry::needs_country)
+    }
+
+    /// Does any check need the client's ASN in [`Facts::asn`] (`geoip.asn_db`)?
+    pub fn needs_asn(&self) -> bool {
+        self.use_adaptive
+            && self
+                .adaptive
+                .ip_country
+                .as_ref()
+                .is_some_and(IpCountry::needs_asn)
+    }
+
+    /// Does any check need the client IP's anonymity categories in
+    /// [`Facts::anonymous`] (`geoip.anonymous_ip_db`)?
+    pub fn needs_anonymous(&self) -> bool {
+        self.use_adaptive
+            && self
+                .adaptive
+                .anonymous_ip
+                .as_ref()
+                .is_some_and(AnonymousIp::needs_anonymous)
+    }
+
+    /// Does any check need where the client is, [`Facts::place`]
+    /// (`geoip.city_db`), and the user's last sign-in, [`Facts::last_signin`]?
+    pub fn needs_place(&self) -> bool {
+        self.use_adaptive
+            && self
+                .adaptive
+                .geo_velocity
+                .as_ref()
+                .is_some_and(|g| g.enabled)
+    }
+
+    /// Does any check need the user's groups in [`Facts::groups`] (a
+    /// directory lookup)? False when the rules name no group.
+    pub fn needs_groups(&self) -> bool {
+        self.use_adaptive
+            && self
+                .adaptive
+                .user_group
+                .as_ref()
+                .is_some_and(UserGroup::needs_groups)
     }
 
     /// Decides stages 3 and 4 for one request. Allocation-free.
@@ -299,6 +369,7 @@ impl RuleSet {
             let (kind, rule, n) = match &c.restricted {
                 Restricted::Ip(l) => ("ip", l.rule, l.len()),
                 Restricted::Country { rule, entries, .. } => ("country", *rule, entries.len()),
+                Restricted::Asn { rule, entries, .. } => ("asn", *rule, entries.len()),
             };
             lines.push(format!(
                 "adaptive.ip_country: {}, {kind} {} list, {}, failure_action {}",
@@ -306,6 +377,14 @@ impl RuleSet {
                 rule_name(rule),
                 entries(n),
                 crate::Action::from(c.action).as_str(),
+            ));
+        }
+        if let Some(a) = &self.adaptive.anonymous_ip {
+            lines.push(format!(
+                "adaptive.anonymous_ip: {}, categories {}, failure_action {}",
+                enabled(a.enabled),
+                a.categories.names().collect::<Vec<_>>().join(" "),
+                crate::Action::from(a.action).as_str(),
             ));
         }
         if let Some(t) = &self.adaptive.threat {
@@ -324,6 +403,25 @@ impl RuleSet {
                     f.path
                 ));
             }
+        }
+        if let Some(u) = &self.adaptive.user_group {
+            lines.push(format!(
+                "adaptive.user_group: {}, {} list, {} users, {} groups, failure_action {}",
+                enabled(u.enabled),
+                rule_name(u.rule),
+                u.user_entries.len(),
+                u.group_entries.len(),
+                crate::Action::from(u.action).as_str(),
+            ));
+        }
+        if let Some(g) = &self.adaptive.geo_velocity {
+            lines.push(format!(
+                "adaptive.geo_velocity: {}, max_speed_kmh {}, min_distance_km {}, failure_action {}",
+                enabled(g.enabled),
+                g.max_speed_kmh,
+                g.min_distance_km,
+                crate::Action::from(g.action).as_str(),
+            ));
         }
         if let Some(l) = &self.lockout {
             lines.push(format!(
@@ -367,11 +465,19 @@ fn configures_a_stage(raw: &RawRules) -> bool {
             || b.application.is_some()
             || b.user_agent.is_some()
     });
-    let adaptive = raw
-        .adaptive
-        .as_ref()
-        .is_some_and(|a| a.ip_country.is_some() || a.threat.is_some());
+    let adaptive = raw.adaptive.as_ref().is_some_and(|a| {
+        a.ip_country.is_some()
+            || a.anonymous_ip.is_some()
+            || a.threat.is_some()
+            || a.user_group.is_some()
+            || a.geo_velocity.is_some()
+    });
     blocking || adaptive || raw.lockout.is_some() || raw.spray.is_some()
+}
+
+/// "enabled" / "disabled".
+fn enabled(on: bool) -> &'static str {
+    if on { "enabled" } else { "disabled" }
 }
 
 /// "1 entry", "2 entries".

@@ -974,6 +974,7 @@ fn step<'r>(
         entry: None,
         action,
         note,
+        detail: stsgate_rules::Detail::None,
     }
 }
 

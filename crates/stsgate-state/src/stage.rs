@@ -49,6 +49,7 @@ pub fn decide<'r>(
             } else {
                 "no live block on the client IP (no user in the request)"
             },
+            detail: stsgate_rules::Detail::None,
         });
         return Flow::Continue;
     };
@@ -67,6 +68,7 @@ pub fn decide<'r>(
         } else {
             "a live block on the user"
         },
+        detail: stsgate_rules::Detail::None,
     });
     let decision = Decision {
         stage: Stage::DynamicBlock,
