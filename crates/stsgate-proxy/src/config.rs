@@ -47,6 +47,8 @@ pub struct Config {
     pub log: Log,
     /// `[alerts]`.
     pub alerts: Alerts,
+    /// `[directory]`: where users' groups come from (`[adaptive.user_group]`).
+    pub directory: Option<stsgate_directory::Settings>,
     /// Where the file-valued keys were written, for errors about the files.
     pub positions: KeyPositions,
 }
@@ -295,6 +297,7 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     alerts: RawAlerts,
+    directory: Option<Spanned<RawDirectory>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -439,6 +442,29 @@ struct RawAlerts {
     backoff: Option<Spanned<String>>,
     /// Default 60s.
     max_backoff: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    /// `ldap://host[:port]` or `ldaps://host[:port]`.
+    url: Option<Spanned<String>>,
+    /// Service account DN; absent: anonymous.
+    bind_dn: Option<Spanned<String>>,
+    /// Its password, first line.
+    password_file: Option<Spanned<String>>,
+    /// Where users are searched.
+    base_dn: Option<Spanned<String>>,
+    /// Default: UPN or sAMAccountName.
+    user_filter: Option<Spanned<String>>,
+    /// Extra trust roots for ldaps.
+    ca_file: Option<Spanned<String>>,
+    /// Default 300ms.
+    timeout: Option<Spanned<String>>,
+    /// Default 15m.
+    cache_for: Option<Spanned<String>>,
+    /// "continue" (default) | "refuse".
+    on_error: Option<Spanned<String>>,
 }
 
 /// The default client IP headers.
@@ -769,6 +795,7 @@ impl Config {
             },
             log,
             alerts: alerts(&mut v, &raw.alerts),
+            directory: raw.directory.as_ref().and_then(|d| directory(&mut v, d)),
         };
         v.errors.sort_by_key(|e| (e.line, e.column));
         (
@@ -878,6 +905,105 @@ fn alerts(v: &mut Validator<'_>, raw: &RawAlerts) -> Alerts {
         backoff,
         max_backoff,
     }
+}
+
+/// `[directory]`, validated.
+fn directory(
+    v: &mut Validator<'_>,
+    raw: &Spanned<RawDirectory>,
+) -> Option<stsgate_directory::Settings> {
+    use stsgate_directory as dir;
+    let table = raw.span();
+    let d = raw.get_ref();
+    let mut ok = true;
+    let mut required =
+        |v: &mut Validator<'_>, value: &Option<Spanned<String>>, key: &str, example: &str| {
+            match value {
+                Some(s) if !s.get_ref().trim().is_empty() => Some(s.get_ref().clone()),
+                Some(s) => {
+                    v.error(s, format!("directory.{key} must not be empty"));
+                    ok = false;
+                    None
+                }
+                None => {
+                    v.errors.push(
+                        v.src
+                            .error(&table, format!("[directory] needs {key} = {example}")),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        };
+    let url = required(v, &d.url, "url", "\"ldaps://dc1.corp.example.com\"");
+    let base_dn = required(v, &d.base_dn, "base_dn", "\"DC=corp,DC=example,DC=com\"");
+    if let (Some(u), Some(url)) = (&d.url, &url) {
+        if let Err(m) = dir::check_url(url) {
+            v.error(u, m);
+            ok = false;
+        }
+    }
+    let user_filter = d
+        .user_filter
+        .as_ref()
+        .map_or(dir::DEFAULT_USER_FILTER.to_string(), |f| {
+            f.get_ref().clone()
+        });
+    if let Some(f) = &d.user_filter {
+        if let Err(m) = dir::check_user_filter(f.get_ref()) {
+            v.error(f, m);
+            ok = false;
+        }
+    }
+    match (&d.bind_dn, &d.password_file) {
+        (Some(b), None) => {
+            v.error(b, "directory.bind_dn needs directory.password_file");
+            ok = false;
+        }
+        (None, Some(p)) => {
+            v.error(p, "directory.password_file needs directory.bind_dn");
+            ok = false;
+        }
+        _ => {}
+    }
+    if let Some(c) = &d.ca_file {
+        if url.as_deref().is_some_and(|u| !u.starts_with("ldaps://")) {
+            v.error(c, "directory.ca_file is for an ldaps:// url");
+            ok = false;
+        }
+    }
+    let timeout = v.duration(d.timeout.as_ref(), dir::DEFAULT_TIMEOUT);
+    if let Some(t) = d.timeout.as_ref().filter(|_| timeout.is_zero()) {
+        v.error(t, "directory.timeout must be longer than zero");
+        ok = false;
+    }
+    let on_error = match d.on_error.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "continue")) => dir::OnError::Continue,
+        Some((_, "refuse")) => dir::OnError::Refuse,
+        Some((o, other)) => {
+            v.error(
+                o,
+                format!("invalid on_error {other:?}: expected \"continue\" or \"refuse\""),
+            );
+            ok = false;
+            dir::OnError::Continue
+        }
+    };
+    let settings = dir::Settings {
+        url: url.unwrap_or_default(),
+        bind_dn: d.bind_dn.as_ref().map(|b| b.get_ref().clone()),
+        password_file: d
+            .password_file
+            .as_ref()
+            .map(|p| v.file("directory.password_file", p)),
+        base_dn: base_dn.unwrap_or_default(),
+        user_filter,
+        ca_file: d.ca_file.as_ref().map(|p| v.file("directory.ca_file", p)),
+        timeout,
+        cache_for: v.duration(d.cache_for.as_ref(), dir::DEFAULT_CACHE_FOR),
+        on_error,
+    };
+    ok.then_some(settings)
 }
 
 /// Sections that only a rule file has.
@@ -1310,5 +1436,62 @@ mod tests {
         let e =
             Config::parse("s.toml", "rules = \"r\"\n[upstream]\nurl = \"ftp://x\"\n").unwrap_err();
         assert_eq!((e[0].line, e[0].column), (3, 7), "{e:?}");
+    }
+
+    #[test]
+    fn directory_defaults_and_errors() {
+        let c = Config::parse(
+            "/etc/stsgate/s.toml",
+            &format!(
+                "{MINIMAL}[directory]\nurl = \"ldaps://dc1.corp.example.com\"\nbind_dn = \"CN=svc,DC=corp\"\npassword_file = \"ldap.secret\"\nbase_dn = \"DC=corp\"\n"
+            ),
+        )
+        .unwrap();
+        let d = c.directory.unwrap();
+        assert_eq!(d.timeout, Duration::from_millis(300));
+        assert_eq!(d.cache_for, Duration::from_secs(900));
+        assert_eq!(d.on_error, stsgate_directory::OnError::Continue);
+        assert_eq!(d.user_filter, stsgate_directory::DEFAULT_USER_FILTER);
+        assert_eq!(
+            d.password_file.as_deref(),
+            Some(Path::new("/etc/stsgate/ldap.secret"))
+        );
+        assert!(
+            Config::parse("s.toml", MINIMAL)
+                .unwrap()
+                .directory
+                .is_none()
+        );
+
+        let e: Vec<String> = Config::parse(
+            "s.toml",
+            &format!(
+                "{MINIMAL}[directory]\nurl = \"ldap://dc1\"\nbind_dn = \"CN=svc\"\nuser_filter = \"(uid=alice)\"\nca_file = \"ca.pem\"\ntimeout = \"0s\"\non_error = \"ignore\"\n"
+            ),
+        )
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        for want in [
+            "s.toml:4:1: [directory] needs base_dn",
+            "s.toml:6:11: directory.bind_dn needs directory.password_file",
+            "s.toml:7:15: user_filter must name {user}",
+            "s.toml:8:11: directory.ca_file is for an ldaps:// url",
+            "s.toml:9:11: directory.timeout must be longer than zero",
+            "s.toml:10:12: invalid on_error",
+        ] {
+            assert!(e.iter().any(|e| e.starts_with(want)), "{want}: {e:?}");
+        }
+        let e = Config::parse(
+            "s.toml",
+            &format!("{MINIMAL}[directory]\nurl = \"https://dc1\"\nbase_dn = \"DC=corp\"\n"),
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("s.toml:5:7: invalid directory url"),
+            "{e:?}"
+        );
     }
 }
