@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry, SearchOptions};
 
-use crate::filter::{self, escape_filter_value, normalize_dn};
+use crate::filter::{self, escape_filter_value};
 use crate::{Settings, Unavailable};
+use stsgate_rules::normalize_dn;
 
 /// Most groups one user is reported in (in-chain answers and walks stop there).
 pub const MAX_GROUPS: usize = 1000;

@@ -1,6 +1,6 @@
 //! Text that goes into LDAP: the account name a request's user stands for,
 //! filter values escaped (RFC 4515: the user name is the client's, not
-//! ours), distinguished names compared in one form.
+//! ours).
 
 /// Longest user name looked up; a longer one is no account.
 pub const MAX_USER_LEN: usize = 512;
@@ -78,26 +78,6 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A distinguished name in the form group DNs compare in: ASCII
-/// lowercase, spaces around `,` and `=` removed (the same rule as the
-/// rule file's `groups`, `stsgate_rules::normalize_dn`).
-pub fn normalize_dn(dn: &str) -> String {
-    let mut out = String::with_capacity(dn.len());
-    let mut pending_space = false;
-    for c in dn.trim().chars() {
-        if c == ' ' {
-            pending_space = true;
-            continue;
-        }
-        if pending_space && !matches!(c, ',' | '=') && !out.ends_with([',', '=']) {
-            out.push(' ');
-        }
-        pending_space = false;
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,14 +122,5 @@ mod tests {
         assert!(check_url("https://dc1").is_err());
         assert!(check_url("ldap://").is_err());
         assert!(check_url("ldap://dc1/dc=corp?uid").is_err());
-    }
-
-    #[test]
-    fn dns_compare_normalised() {
-        assert_eq!(
-            normalize_dn(" CN=Legacy Auth , OU = Groups,DC=Corp "),
-            "cn=legacy auth,ou=groups,dc=corp"
-        );
-        assert_eq!(normalize_dn("cn=a,dc=b"), "cn=a,dc=b");
     }
 }

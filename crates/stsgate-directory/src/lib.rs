@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 pub use client::{MAX_DEPTH, MAX_GROUPS};
-pub use filter::{account_name, check_url, check_user_filter, escape_filter_value, normalize_dn};
+pub use filter::{account_name, check_url, check_user_filter, escape_filter_value};
+pub use stsgate_rules::normalize_dn;
 
 use cache::{Cache, Lookup};
 
