@@ -79,6 +79,8 @@ pub struct Gate {
     /// How long refusals wait (drawn from the STS's failed sign-in
     /// latencies), one per protocol (indexed by `Protocol as usize`).
     delay: Arc<[crate::delay::RefusalDelay; 3]>,
+    /// `[directory]`: users' groups for `[adaptive.user_group]`.
+    directory: Option<stsgate_directory::Directory>,
 }
 
 impl Gate {
@@ -106,6 +108,7 @@ impl Gate {
             log,
             geoip,
             state,
+            directory: None,
         }
     }
 
@@ -121,12 +124,23 @@ impl Gate {
             geoip: self.geoip.clone(),
             state: self.state.clone(),
             delay: self.delay.clone(),
+            directory: self.directory.clone(),
         })
     }
 
     /// The last refusals and failed sign-ins (admin API and page).
     pub fn recent(&self) -> &crate::recent::Recent {
         self.log.recent()
+    }
+
+    /// The same gate, asking `directory` for users' groups.
+    pub fn with_directory(self, directory: Option<stsgate_directory::Directory>) -> Gate {
+        Gate { directory, ..self }
+    }
+
+    /// The directory, when `[directory]` is configured.
+    pub fn directory(&self) -> Option<&stsgate_directory::Directory> {
+        self.directory.as_ref()
     }
 
     /// Ends the decision log's writer once it has written what is queued.
@@ -202,7 +216,7 @@ impl Gate {
                 return self.reject(&parts, conn, status, protocol, reason);
             }
         };
-        let rules = self.rules.current();
+        let mut rules = self.rules.current();
         let learns = rules.lockout.as_ref().is_some_and(|l| l.enabled)
             || rules.spray.as_ref().is_some_and(|s| s.enabled);
         let (user, password_key) =
@@ -226,8 +240,25 @@ impl Gate {
                     );
                 }
             };
+        // The user's groups, when the rules need them: the one wait before
+        // the corridor, bounded by directory.timeout (the rule set is not
+        // held across it).
+        let answer = match (&self.directory, &user) {
+            (Some(directory), Some(u)) if rules.needs_groups() => {
+                drop(rules);
+                let answer = directory.groups(u).await;
+                rules = self.rules.current();
+                Some((answer, directory.settings().on_error))
+            }
+            _ => None,
+        };
+        let groups = answer
+            .as_ref()
+            .map_or(stsgate_rules::Groups::NotLooked, |(a, on_error)| {
+                crate::directory::groups(a, *on_error)
+            });
         let (verdict, request, mut event, in_flight) =
-            self.decide(&rules, &parts, conn, user, password_key);
+            self.decide(&rules, &parts, conn, user, password_key, groups);
         self.metrics.decision(verdict.stage, verdict.action);
         self.metrics
             .protocol_requests
@@ -370,6 +401,7 @@ impl Gate {
         conn: Conn,
         user: Option<String>,
         password_key: Option<stsgate_state::PasswordKey>,
+        groups: stsgate_rules::Groups<'_>,
     ) -> (
         Verdict,
         OwnedFacts,
@@ -390,7 +422,10 @@ impl Gate {
             self.metrics.bad_forwarded_headers.inc();
             tracing::warn!(peer = %conn.peer, header = %header, problem = %problem, "forwarded-IP header ignored");
         }
-        let facts = request.facts();
+        let facts = stsgate_rules::Facts {
+            groups,
+            ..request.facts()
+        };
         let verdict = Verdict::from(corridor::decide(
             &facts,
             &blocks,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod corridor;
 pub mod decision_log;
 pub mod delay;
+pub mod directory;
 pub mod explain;
 pub mod feeds;
 pub mod gate;

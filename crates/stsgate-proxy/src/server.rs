@@ -127,6 +127,11 @@ impl Server {
         if let Some(e) = found.errors.first() {
             anyhow::bail!("{e}");
         }
+        if let Some(e) = crate::directory::rules_with_config(&config, &rules.current()) {
+            anyhow::bail!("{e}");
+        }
+        let directory = crate::directory::open(&config, metrics.registry())
+            .map_err(|errors| all_errors(&errors))?;
         let token = files.admin_token;
         let (state, redis) = open_state(&config, &metrics).await?;
         // Other instances' lessons are learned with these until this one learns its own.
@@ -142,15 +147,18 @@ impl Server {
         }
         let (log, log_thread) = DecisionLog::start(&config.log, metrics.clone())
             .context("cannot start the decision log")?;
-        let gate = Arc::new(Gate::new(
-            Arc::new(config),
-            rules,
-            metrics,
-            upstream,
-            log,
-            geoip,
-            state,
-        ));
+        let gate = Arc::new(
+            Gate::new(
+                Arc::new(config),
+                rules,
+                metrics,
+                upstream,
+                log,
+                geoip,
+                state,
+            )
+            .with_directory(directory),
+        );
         let admin = Arc::new(Admin::new(
             gate.clone(),
             crate::admin::Tokens {
