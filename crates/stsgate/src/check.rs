@@ -121,6 +121,10 @@ fn run(path: &Path) -> Report {
         if let Err(errors) = stsgate_proxy::alerts::AlertSender::check(config) {
             report.errors.extend(errors);
         }
+        // The password file and the ldaps trust roots (no connection made).
+        if let Err(errors) = stsgate_proxy::directory::open(config, Metrics::new().registry()) {
+            report.errors.extend(errors);
+        }
     }
     if let Some(rules) = &rules {
         report.warnings.extend(rules.warnings.iter().cloned());
@@ -128,6 +132,9 @@ fn run(path: &Path) -> Report {
             let found = stsgate_proxy::preflight::rules_with_config(config, rules);
             report.errors.extend(found.errors);
             report.warnings.extend(found.warnings);
+            report
+                .errors
+                .extend(stsgate_proxy::directory::rules_with_config(config, rules));
         }
     }
     dedup(&mut report.errors, path);
