@@ -90,3 +90,15 @@ pub fn describe(answer: &Answer) -> String {
         Answer::Unavailable(why) => format!("directory unavailable: {why}"),
     }
 }
+
+/// Is the directory asked about `user`? When the rules need groups and
+/// `users` does not already list the user by name (listed either way: the
+/// groups would change nothing).
+pub fn wanted(rules: &RuleSet, user: &str) -> bool {
+    rules.needs_groups()
+        && !rules
+            .adaptive
+            .user_group
+            .as_ref()
+            .is_some_and(|g| g.user_entry(user).is_some())
+}
