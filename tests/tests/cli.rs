@@ -604,7 +604,7 @@ fn explain_refuses_windowstransport_and_rejects_bad_arguments() {
     assert_eq!(code, 0);
     assert!(out.contains("stage path  action refuse"), "{out}");
     // a path outside the filter is forwarded as is
-    let j = s.explain_json(&["--ip", "5.143.1.1", "--path", "/adfs/ls/"]);
+    let j = s.explain_json(&["--ip", "5.143.1.1", "--path", "/adfs/portal/"]);
     assert_eq!(
         (&j["stage"], &j["action"]),
         (&"path".into(), &"forward".into())

@@ -289,7 +289,7 @@ async fn other_paths_refuse() {
     });
     let (status, _) = raw(
         gate.addr,
-        b"GET /adfs/ls/ HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n\r\n",
+        b"GET /adfs/portal/ HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 500);
     let (status, _) = raw(

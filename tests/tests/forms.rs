@@ -1,0 +1,137 @@
+//! The forms sign-in page (`/adfs/ls/`) through the running binary: plain
+//! form POSTs as a browser sends them, read, decided and learned from like
+//! WS-Trust; GETs of the page and posts without credentials (an MFA step)
+//! pass as they are.
+
+use stsgate_tests::*;
+
+const RULES: &str = "[request_blocking]\nenabled = false\n[lockout]\nthreshold = 3\nobservation_window = \"30m\"\nfamiliar_for = \"1h\"\n";
+const EXTRA: &str = "[client_ip]\ntrusted_proxies = [\"127.0.0.1\"]\n[blocked]\ndelay = \"0s\"\n";
+const TARGET: &str = "/adfs/ls/?client-request-id=0c4b7f2e-1d3a-4e5f-a6b7-c8d9e0f1a2b3&wa=wsignin1.0&wtrealm=urn%3afederation%3aMicrosoftOnline&wctx=estsredirect%3d2";
+
+#[tokio::test]
+async fn a_plain_form_post_is_read_decided_and_learned() {
+    let up = password_checking_sts().await;
+    let gate = Gate::start(GateSpec {
+        extra: EXTRA,
+        ..GateSpec::new(RULES, &up)
+    });
+    let client = http_client();
+
+    // The page itself: forwarded untouched, query and all, with no decision.
+    let got = send(
+        &client,
+        http::Request::get(gate.url(TARGET))
+            .header("user-agent", "Mozilla/5.0")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(got.text().contains(r#"name="UserName""#));
+    assert_eq!(up.seen()[0].method, "GET");
+    assert_eq!(up.seen()[0].target, TARGET);
+    assert_eq!(
+        gate.metric("stsgate_decisions_total{action=\"forward\",stage=\"path\"}"),
+        1.0
+    );
+
+    // The right password: ADFS's 302 with the MSISAuth cookie passes through.
+    let got = send(
+        &client,
+        form_post(
+            &gate.url(TARGET),
+            &[],
+            forms_body("CONTOSO\\frank", RIGHT_PASSWORD),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 302);
+    assert!(
+        got.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("MSISAuth=")
+    );
+    assert_eq!(
+        up.seen()[1].body,
+        forms_body("CONTOSO\\frank", RIGHT_PASSWORD).as_bytes()
+    );
+
+    // A wrong one: the sign-in page again, with its error.
+    let got = send(
+        &client,
+        form_post(
+            &gate.url(TARGET),
+            &[("x-ms-forwarded-client-ip", "203.0.113.40")],
+            forms_body("grace@contoso.com", "tulips"),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(got.text().contains(FORMS_ERROR_TEXT));
+
+    // An MFA step posts no user name: forwarded, decided without a user, no sign-in counted.
+    let got = send(
+        &client,
+        form_post(
+            &gate.url(TARGET),
+            &[],
+            "AuthMethod=AzureMfaAuthentication&Context=abc&VerificationCode=123456",
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(up.count(), 4);
+
+    let d = gate.wait_decisions(|d| d.len() >= 3);
+    let summary: Vec<_> = d
+        .iter()
+        .map(|e| {
+            (
+                e["protocol"].as_str(),
+                e["user"].as_str(),
+                e["signin"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("forms"), Some("CONTOSO\\frank"), Some("success")),
+            (Some("forms"), Some("grace@contoso.com"), Some("failure")),
+            (Some("forms"), None, None),
+        ]
+    );
+    assert_eq!(
+        gate.metric("stsgate_protocol_signins_total{protocol=\"forms\",result=\"success\"}"),
+        1.0
+    );
+
+    // Three wrong passwords lock grace out of the page, as on WS-Trust.
+    for guess in ["roses", "daisies"] {
+        send(
+            &client,
+            form_post(
+                &gate.url(TARGET),
+                &[("x-ms-forwarded-client-ip", "203.0.113.41")],
+                forms_body("grace@contoso.com", guess),
+            ),
+        )
+        .await;
+    }
+    let before = up.count();
+    let got = send(
+        &client,
+        form_post(
+            &gate.url(TARGET),
+            &[("x-ms-forwarded-client-ip", "203.0.113.42")],
+            forms_body("grace@contoso.com", RIGHT_PASSWORD),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert!(got.text().contains(FORMS_ERROR_TEXT));
+    assert!(got.text().contains(r#"value="grace@contoso.com""#));
+    assert_eq!(up.count(), before, "refused at the gate");
+}
