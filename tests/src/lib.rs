@@ -18,7 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-pub mod browser;
 pub mod feed_server;
 
 /// The workspace root.
@@ -981,19 +980,6 @@ pub fn form_encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// A POST of `application/x-www-form-urlencoded` `body` to `url`.
-pub fn form_post(
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut b = Request::post(url).header("content-type", "application/x-www-form-urlencoded");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(body.into())).unwrap()
 }
 
 /// The value of field `name` (ASCII case ignored) in a form body.

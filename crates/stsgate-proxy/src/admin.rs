@@ -190,6 +190,9 @@ impl Admin {
                 )),
             }
         }
+        // URL threat feeds: never a reason to be unready (the gate decides
+        // with the lists it has), but said here.
+        body.push_str(&crate::feeds::readyz_lines(&self.gate.rules));
         let status = if ready {
             StatusCode::OK
         } else {

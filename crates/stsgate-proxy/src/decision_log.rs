@@ -65,6 +65,9 @@ pub struct Event {
     /// Upstream time, when the request was forwarded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<u64>,
+    /// The `category` of the threat feed that decided (stage `threat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threat_category: Option<Arc<str>>,
     /// What the STS answered: `success`, `failure` or `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signin: Option<&'static str>,
@@ -277,6 +280,7 @@ fn fields(e: &Event) -> Vec<(&'static str, String)> {
     opt("action", Some(e.action.to_string()));
     opt("status", e.status.map(|s| s.to_string()));
     opt("upstream_ms", e.upstream_ms.map(|s| s.to_string()));
+    opt("threat_category", e.threat_category.as_deref().map(str::to_string));
     opt("signin", e.signin.map(str::to_string));
     f
 }
@@ -397,6 +401,22 @@ mod tests {
             s.ends_with("upstream_ms=\"\"]") || s.ends_with("status=\"500\"]"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn threat_category_in_every_format() {
+        let e = Event {
+            stage: "threat",
+            list: Some("firehol1".into()),
+            threat_category: Some(Arc::from("botnet")),
+            ..event()
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["threat_category"], "botnet");
+        assert!(text_line(&e).contains(" threat_category=botnet"));
+        assert!(syslog_line(&e, "gw1", 42).contains(" threat_category=\"botnet\""));
+        let none: serde_json::Value = serde_json::to_value(event()).unwrap();
+        assert!(none.get("threat_category").is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use stsgate_rules::{Action, Outcome, RuleSet, Step};
+use stsgate_rules::{Action, Outcome, RuleSet, Stage, Step};
 use stsgate_state::BlockTable;
 
 use crate::config::{BlockedStyle, Config};
@@ -79,6 +79,9 @@ pub struct StepReport {
     /// The action asked for, when it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The `category` of the threat feed that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat_category: Option<String>,
     /// Why.
     pub note: String,
 }
@@ -126,6 +129,10 @@ pub struct Report {
     /// The entry that matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<EntryReport>,
+    /// The `category` of the threat feed that decided (the decision log's
+    /// `threat_category`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat_category: Option<String>,
     /// Forwarded with `X-Stsgate-Step-Up: required`.
     pub step_up: bool,
     /// What the client gets.
@@ -250,6 +257,7 @@ pub fn explain(
                 list: s.list.map(str::to_string),
                 entry: s.entry.map(EntryReport::from),
                 action: s.action.map(|a| a.as_str().to_string()),
+                threat_category: threat_category(rules, s.stage, s.list),
                 note: s.note.to_string(),
             })
             .collect(),
@@ -257,9 +265,18 @@ pub fn explain(
         action: decision.action.as_str().to_string(),
         list: decision.list.map(str::to_string),
         entry: decision.entry.map(EntryReport::from),
+        threat_category: threat_category(rules, decision.stage, decision.list),
         step_up: decision.step_up,
         response,
     })
+}
+
+/// The `category` of the threat feed named `list`, for a threat step.
+fn threat_category(rules: &RuleSet, stage: Stage, list: Option<&str>) -> Option<String> {
+    if stage != Stage::Threat {
+        return None;
+    }
+    Some(rules.adaptive.threat.as_ref()?.category(list?)?.to_string())
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

@@ -215,6 +215,27 @@ impl FeedStore {
     }
 }
 
+/// One line per URL feed for `/readyz`: its list, or why it has none, and
+/// the last failure until a download succeeds.
+pub fn readyz_lines(rules: &Rules) -> String {
+    let mut out = String::new();
+    for f in rules.feeds().status(&rules.current()) {
+        let list = match f.entries {
+            Some(1) => "1 entry".to_string(),
+            Some(n) => format!("{n} entries"),
+            None => "no list yet (empty until the first download)".to_string(),
+        };
+        match &f.failing {
+            None => out.push_str(&format!("feed {}: {list}\n", f.name)),
+            Some(why) => out.push_str(&format!(
+                "feed {}: {list}; last download failed: {why}\n",
+                f.name
+            )),
+        }
+    }
+    out
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

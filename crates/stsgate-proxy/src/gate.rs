@@ -46,6 +46,18 @@ fn headers_too_large(headers: &HeaderMap) -> bool {
             > MAX_HEADER_BYTES
 }
 
+/// The `category` of the threat feed named `list`, when the threat check decided.
+fn threat_category(
+    rules: &stsgate_rules::RuleSet,
+    stage: Stage,
+    list: Option<&str>,
+) -> Option<Arc<str>> {
+    if stage != Stage::Threat {
+        return None;
+    }
+    rules.adaptive.threat.as_ref()?.category(list?).cloned()
+}
+
 /// What the gate keeps of a request's facts for after the upstream answers.
 struct OwnedFacts {
     addrs: ClientAddrs,
@@ -244,7 +256,7 @@ impl Gate {
         // the corridor, bounded by directory.timeout (the rule set is not
         // held across it).
         let answer = match (&self.directory, &user) {
-            (Some(directory), Some(u)) if crate::directory::wanted(&rules, u) => {
+            (Some(directory), Some(u)) if rules.needs_groups() => {
                 drop(rules);
                 let answer = directory.groups(u).await;
                 rules = self.rules.current();
@@ -450,6 +462,7 @@ impl Gate {
             action: verdict.action.as_str(),
             list: verdict.list.clone(),
             entry: verdict.entry.as_deref().map(bounded),
+            threat_category: threat_category(rules, verdict.stage, verdict.list.as_deref()),
             ..Event::now()
         };
         let owned = OwnedFacts {

@@ -239,6 +239,9 @@ fn print_text(r: &Report) {
             if let Some(e) = &s.entry {
                 line.push_str(&format!(" entry {}", entry_text(e)));
             }
+            if let Some(c) = &s.threat_category {
+                line.push_str(&format!(" category {c}"));
+            }
             if let Some(a) = &s.action {
                 line.push_str(&format!(" -> {a}"));
             }
@@ -252,6 +255,9 @@ fn print_text(r: &Report) {
     }
     if let Some(e) = &r.entry {
         last.push_str(&format!("  entry {}", entry_text(e)));
+    }
+    if let Some(c) = &r.threat_category {
+        last.push_str(&format!("  threat_category {c}"));
     }
     println!("{last}");
     println!("response  {}", r.response);
