@@ -982,6 +982,19 @@ pub fn form_encode(s: &str) -> String {
     out
 }
 
+/// A POST of `application/x-www-form-urlencoded` `body` to `url`.
+pub fn form_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::post(url).header("content-type", "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
 /// The value of field `name` (ASCII case ignored) in a form body.
 pub fn form_field(body: &str, name: &str) -> Option<String> {
     body.split('&').find_map(|pair| {

@@ -256,7 +256,7 @@ impl Gate {
         // the corridor, bounded by directory.timeout (the rule set is not
         // held across it).
         let answer = match (&self.directory, &user) {
-            (Some(directory), Some(u)) if rules.needs_groups() => {
+            (Some(directory), Some(u)) if crate::directory::wanted(&rules, u) => {
                 drop(rules);
                 let answer = directory.groups(u).await;
                 rules = self.rules.current();
