@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
                     SignIn::Failure
                 },
                 now_ms: now,
+                place: None,
             },
             rules_state.lockout.as_ref(),
             rules_state.spray.as_ref(),

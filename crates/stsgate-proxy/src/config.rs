@@ -202,11 +202,17 @@ pub struct State {
     pub instance: String,
 }
 
-/// GeoIP database.
-#[derive(Debug, Clone)]
+/// GeoIP databases (MaxMind DB format), each optional, reloaded when the file changes.
+#[derive(Debug, Clone, Default)]
 pub struct GeoIp {
-    /// MaxMind DB country database.
+    /// Country database (country restriction; `city_db` serves too).
     pub country_db: Option<PathBuf>,
+    /// City database: geo-velocity (and country).
+    pub city_db: Option<PathBuf>,
+    /// ASN database: `restriction = "asn"`.
+    pub asn_db: Option<PathBuf>,
+    /// Anonymous IP database: `[adaptive.anonymous_ip]`.
+    pub anonymous_ip_db: Option<PathBuf>,
 }
 
 /// The decision log.
@@ -412,6 +418,9 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawGeoIp {
     country_db: Option<Spanned<String>>,
+    city_db: Option<Spanned<String>>,
+    asn_db: Option<Spanned<String>>,
+    anonymous_ip_db: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -792,6 +801,17 @@ impl Config {
                     .country_db
                     .as_ref()
                     .map(|p| v.file("geoip.country_db", p)),
+                city_db: raw
+                    .geoip
+                    .city_db
+                    .as_ref()
+                    .map(|p| v.file("geoip.city_db", p)),
+                asn_db: raw.geoip.asn_db.as_ref().map(|p| v.file("geoip.asn_db", p)),
+                anonymous_ip_db: raw
+                    .geoip
+                    .anonymous_ip_db
+                    .as_ref()
+                    .map(|p| v.file("geoip.anonymous_ip_db", p)),
             },
             log,
             alerts: alerts(&mut v, &raw.alerts),

@@ -5,7 +5,8 @@
 //! ```text
 //! 1 client IP     (facts: client_ip::derive, from trusted proxies only)
 //! 2 gate state    stsgate_state::stage::decide   dynamic blocks
-//! 3 adaptive      RuleSet::decide_traced          ip_country, threat
+//! 3 adaptive      RuleSet::decide_traced          ip_country, anonymous_ip, threat,
+//!                                                 user_group, geo_velocity
 //! 4 request       RuleSet::decide_traced          ip, application, user_agent
 //! 5 forward       gate.rs                         upstream, answers watched
 //! ```
@@ -19,7 +20,7 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 use http::header::{self, HeaderName};
-use stsgate_rules::{Action, Country, Decision, Facts, RuleSet, Trace};
+use stsgate_rules::{Action, Anonymous, Country, Decision, Facts, Place, RuleSet, Trace};
 use stsgate_state::{BlockTable, Flow, Guard, PasswordKey};
 
 use crate::client_ip::{self, ClientAddrs};
@@ -52,6 +53,12 @@ pub struct RequestFacts<'a> {
     pub password_key: Option<PasswordKey>,
     /// The client's country, when a rule needs it.
     pub country: Option<Country>,
+    /// The client's autonomous system number (0: unknown), when a rule needs it.
+    pub asn: Option<u32>,
+    /// The client IP's anonymity categories, when a rule needs them.
+    pub anonymous: Option<Anonymous>,
+    /// Where the client IP is, when a rule needs it and the city database knows.
+    pub place: Option<Place>,
     /// When the request is decided (ms since the epoch).
     pub now_ms: u64,
 }
@@ -79,7 +86,7 @@ impl<'a> RequestFacts<'a> {
         geoip: Option<&GeoIp>,
     ) -> RequestFacts<'a> {
         let addrs = client_ip::derive(peer, headers, client_ip);
-        let country = crate::geoip::country_for(rules, geoip, addrs.client);
+        let geo = crate::geoip::facts_for(rules, geoip, addrs.client);
         RequestFacts {
             path,
             application: header_text(headers, &X_MS_CLIENT_APPLICATION),
@@ -87,7 +94,10 @@ impl<'a> RequestFacts<'a> {
             http_user_agent: header_text(headers, &header::USER_AGENT),
             user: signer.user,
             password_key: signer.password_key,
-            country,
+            country: geo.country,
+            asn: geo.asn,
+            anonymous: geo.anonymous,
+            place: geo.place,
             now_ms: stsgate_state::now_ms(),
             addrs,
         }
@@ -108,6 +118,9 @@ impl<'a> RequestFacts<'a> {
             password_key: self.password_key,
             http_user_agent: self.http_user_agent.as_deref(),
             now_ms: self.now_ms,
+            asn: self.asn,
+            anonymous: self.anonymous,
+            place: self.place,
             ..self.addrs.facts(
                 self.application.as_deref(),
                 self.user_agent.as_deref(),
@@ -139,6 +152,21 @@ pub fn decide<'r>(
         Flow::StepUp(decision) => noted = noted.or(Some(decision)),
         Flow::Continue => {}
     }
+    // Stage 3's geo-velocity reads the user's last sign-in and familiar IPs
+    // from the gate state (in memory, a short lock).
+    let travelled;
+    let facts = match facts.user {
+        Some(user) if rules.needs_place() => {
+            let (last_signin, familiar) = guard.travel(user, facts.locations(), facts.now_ms);
+            travelled = Facts {
+                last_signin,
+                familiar,
+                ..*facts
+            };
+            &travelled
+        }
+        _ => facts,
+    };
     let later = rules.decide_traced(facts, trace);
     match noted {
         // Nothing later fired: stage 2's note is what was decided.

@@ -374,6 +374,11 @@ impl Gate {
                     client_ip: request.addrs.client,
                     result,
                     now_ms: stsgate_state::now_ms(),
+                    place: crate::geoip::place_of_success(
+                        self.geoip.as_deref(),
+                        result,
+                        request.addrs.client,
+                    ),
                 },
                 lockout.as_ref(),
                 spray.as_ref(),
@@ -582,6 +587,11 @@ impl Gate {
     /// The GeoIP database, when one is configured.
     pub fn geoip(&self) -> Option<&GeoIp> {
         self.geoip.as_deref()
+    }
+
+    /// The GeoIP databases, shared (for their reload watch).
+    pub fn geoip_shared(&self) -> Option<Arc<GeoIp>> {
+        self.geoip.clone()
     }
 
     /// How long a graceful shutdown may take.

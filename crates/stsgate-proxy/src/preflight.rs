@@ -20,7 +20,7 @@ use crate::geoip::GeoIp;
 pub struct Opened {
     /// The listener's certificate (reloadable), when `listen.tls_cert` is set.
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
-    /// The country database, when `geoip.country_db` is set.
+    /// The GeoIP databases, when `[geoip]` names any.
     pub geoip: Option<Arc<GeoIp>>,
     /// The admin API's bearer token (first line of `admin.token_file`, trimmed).
     pub admin_token: Option<String>,
@@ -51,16 +51,16 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
             errors.push(at("upstream.ca_file", format!("upstream.ca_file: {e:#}")));
         }
     }
-    let geoip = config.geoip.country_db.as_deref().and_then(|db| {
-        GeoIp::open(db)
-            .map(Arc::new)
-            .map_err(|e| {
+    let geoip = match GeoIp::open_config(&config.geoip) {
+        Ok(geoip) => geoip.map(Arc::new),
+        Err(failed) => {
+            for (key, e) in failed {
                 let why = e.root_cause();
-                let message = format!("geoip.country_db: cannot open {}: {why}", db.display());
-                errors.push(at("geoip.country_db", message));
-            })
-            .ok()
-    });
+                errors.push(at(key, format!("{key}: {e}: {why}")));
+            }
+            None
+        }
+    };
     let admin_token = config
         .admin
         .token_file
@@ -129,42 +129,73 @@ pub struct RuleFindings {
     pub warnings: Vec<SourceError>,
 }
 
-/// A country restriction without `geoip.country_db`: every client has
-/// country `ZZ`. An allow list without `ZZ` would then refuse (or redirect…)
-/// every client: an error; a deny list never fires: a warning.
+/// Checks that need a GeoIP database the config does not name. A country
+/// or ASN restriction without its database sees every client as `ZZ` /
+/// `AS0`: an allow list not listing it would fire for every request (an
+/// error), a deny list would not fire (a warning). Anonymous IP and
+/// geo-velocity checks without their database can never fire: errors.
 pub fn rules_with_config(config: &Config, rules: &RuleSet) -> RuleFindings {
     let mut found = RuleFindings::default();
-    if !rules.needs_country() || config.geoip.country_db.is_some() {
-        return found;
-    }
-    let Some(Restricted::Country {
-        rule,
-        codes,
-        entries,
-    }) = rules.adaptive.ip_country.as_ref().map(|c| &c.restricted)
-    else {
-        return found;
-    };
-    let (path, line) = entries.first().map_or_else(
-        || (rules.path.clone(), 1),
-        |(_, e)| (e.file.to_string(), e.line),
-    );
-    let problem = |message: String| SourceError {
-        path: path.clone(),
+    let g = &config.geoip;
+    let shown = config.path.display();
+    let at = |line: u32, message: String| SourceError {
+        path: rules.path.clone(),
         line,
         column: 1,
         message,
     };
-    if *rule == ListRule::Allow && !codes.contains(&Country::UNKNOWN) {
-        found.errors.push(problem(format!(
-            "[adaptive.ip_country] is a country allow list but {} sets no geoip.country_db: every client has country ZZ, so the check fires for every request",
-            config.path.display()
-        )));
-    } else {
-        found.warnings.push(problem(format!(
-            "[adaptive.ip_country] restricts by country but {} sets no geoip.country_db: every client has country ZZ",
-            config.path.display()
-        )));
+    let restricted = rules.adaptive.ip_country.as_ref().map(|c| &c.restricted);
+    if rules.needs_country() && g.country_db.is_none() && g.city_db.is_none() {
+        if let Some(Restricted::Country {
+            rule,
+            codes,
+            entries,
+        }) = restricted
+        {
+            let line = entries.first().map_or(1, |(_, e)| e.line);
+            if *rule == ListRule::Allow && !codes.contains(&Country::UNKNOWN) {
+                found.errors.push(at(line, format!(
+                    "[adaptive.ip_country] is a country allow list but {shown} sets no geoip.country_db: every client has country ZZ, so the check fires for every request"
+                )));
+            } else {
+                found.warnings.push(at(line, format!(
+                    "[adaptive.ip_country] restricts by country but {shown} sets no geoip.country_db: every client has country ZZ"
+                )));
+            }
+        }
+    }
+    if rules.needs_asn() && g.asn_db.is_none() {
+        if let Some(Restricted::Asn {
+            rule,
+            numbers,
+            entries,
+        }) = restricted
+        {
+            let line = entries.first().map_or(1, |(_, e)| e.line);
+            if *rule == ListRule::Allow && !numbers.contains_key(&0) {
+                found.errors.push(at(line, format!(
+                    "[adaptive.ip_country] is an ASN allow list but {shown} sets no geoip.asn_db: every client is AS0, so the check fires for every request"
+                )));
+            } else {
+                found.warnings.push(at(line, format!(
+                    "[adaptive.ip_country] restricts by ASN but {shown} sets no geoip.asn_db: every client is AS0"
+                )));
+            }
+        }
+    }
+    if let Some(a) = rules.adaptive.anonymous_ip.as_ref() {
+        if rules.needs_anonymous() && g.anonymous_ip_db.is_none() {
+            found.errors.push(at(a.line, format!(
+                "[adaptive.anonymous_ip] needs geoip.anonymous_ip_db, which {shown} does not set: the check could never fire"
+            )));
+        }
+    }
+    if let Some(v) = rules.adaptive.geo_velocity.as_ref() {
+        if rules.needs_place() && g.city_db.is_none() {
+            found.errors.push(at(v.line, format!(
+                "[adaptive.geo_velocity] needs geoip.city_db, which {shown} does not set: the check could never fire"
+            )));
+        }
     }
     found
 }

@@ -120,6 +120,9 @@ impl Server {
         };
         let upstream = Upstream::new(&config.upstream)?;
         let geoip = files.geoip;
+        if let Some(g) = &geoip {
+            g.count_reloads(metrics.registry());
+        }
         let found = crate::preflight::rules_with_config(&config, &rules.current());
         for w in &found.warnings {
             tracing::warn!("{w}");
@@ -256,6 +259,10 @@ impl Server {
             wait_for(stop_rx.clone()),
         ));
         tasks.spawn(reload_on_hangup(self.gate.rules.clone(), stop_rx.clone()));
+        // GeoIP databases reloaded when their files change.
+        if let Some(geoip) = self.gate.geoip_shared() {
+            tasks.spawn(geoip.watch(wait_for(stop_rx.clone())));
+        }
         // URL threat feeds, fetched every `refresh` (crate::feeds).
         tasks.spawn(crate::feeds::run(
             self.gate.rules.clone(),

@@ -20,6 +20,8 @@ pub struct AnonymousIp {
     pub action: FailureAction,
     /// For `redirect`.
     pub redirect_url: Option<String>,
+    /// The line of the section's header in the rule file (1 when not found).
+    pub line: u32,
 }
 
 impl AnonymousIp {
@@ -60,6 +62,7 @@ impl AnonymousIp {
             raw.redirect_url.as_ref(),
         );
         AnonymousIp {
+            line: c.section_line("[adaptive.anonymous_ip]"),
             enabled: raw.enabled.unwrap_or(true),
             categories,
             entries,

@@ -129,6 +129,15 @@ impl<'a> Compiler<'a> {
         line
     }
 
+    /// The 1-based line of a section header such as `[adaptive.geo_velocity]`
+    /// (1 when the file writes the section another way).
+    pub fn section_line(&self, header: &str) -> u32 {
+        self.src
+            .text()
+            .find(header)
+            .map_or(1, |at| self.src.position(at).0)
+    }
+
     /// IP entries as written in the rule file (strings in an array).
     pub fn ip_entries(&mut self, items: &[Spanned<String>]) -> (IpSet, Vec<Entry>) {
         let mut patterns = Vec::with_capacity(items.len());

@@ -36,6 +36,8 @@ pub struct UserGroup {
     pub action: FailureAction,
     /// For `redirect`.
     pub redirect_url: Option<String>,
+    /// The line of the section's header in the rule file (1 when not found).
+    pub line: u32,
 }
 
 thread_local! {
@@ -109,6 +111,7 @@ impl UserGroup {
             raw.redirect_url.as_ref(),
         );
         UserGroup {
+            line: c.section_line("[adaptive.user_group]"),
             enabled: raw.enabled.unwrap_or(true),
             rule: raw.list.unwrap_or(ListRule::Deny),
             users,

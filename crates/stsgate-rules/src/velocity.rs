@@ -23,6 +23,8 @@ pub struct GeoVelocity {
     pub action: FailureAction,
     /// For `redirect`.
     pub redirect_url: Option<String>,
+    /// The line of the section's header in the rule file (1 when not found).
+    pub line: u32,
 }
 
 /// Mean Earth radius (IUGG), km.
@@ -45,6 +47,7 @@ impl GeoVelocity {
             raw.redirect_url.as_ref(),
         );
         GeoVelocity {
+            line: c.section_line("[adaptive.geo_velocity]"),
             enabled: raw.enabled.unwrap_or(true),
             max_speed_kmh: c.count(raw.max_speed_kmh.as_ref(), 1, 900),
             min_distance_km: c.count(raw.min_distance_km.as_ref(), 0, 500),

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stsgate_rules::{
-    Action, Decision, Facts, LockoutSettings, Mode, Outcome, SpraySettings, Stage, Step, Trace,
+    Action, Decision, Facts, LockoutSettings, Mode, Outcome, Place, SignedIn, SpraySettings, Stage,
+    Step, Trace,
 };
 
 use crate::service::{CompromiseAlert, LockoutAlert, SprayAlert};
@@ -28,6 +29,9 @@ pub type PasswordKey = [u8; 16];
 pub const MAX_FAMILIAR: usize = 20;
 /// Wrong-password hashes kept per user.
 pub const MAX_WRONG: usize = 8;
+/// How long a user's last successful sign-in (geo-velocity's starting
+/// point) is kept: longer than any trip at a plausible speed.
+pub const LAST_SIGNIN_KEPT: Duration = Duration::from_secs(30 * 86400);
 /// Users tracked at once; beyond it new users are not tracked until purge.
 pub const MAX_USERS: usize = 1_000_000;
 /// Client IPs and passwords tracked for spray detection at once.
@@ -146,6 +150,10 @@ struct UserRecord {
     good: Option<(PasswordKey, u64)>,
     /// A lockout alert was raised for the current lock.
     alerted: bool,
+    /// The last successful sign-in whose place the city database knew
+    /// (geo-velocity). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<SignedIn>,
 }
 
 impl UserRecord {
@@ -162,9 +170,13 @@ impl UserRecord {
         let familiar = self.familiar.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let wrong = self.wrong.iter().map(|(_, t)| *t).max().unwrap_or(0);
         let good = self.good.map_or(0, |(_, t)| t);
+        let last = self
+            .last
+            .map_or(0, |l| l.at_ms.saturating_add(ms(LAST_SIGNIN_KEPT)));
         familiar
             .max(wrong)
             .max(good)
+            .max(last)
             .max(self.unfamiliar.until(window_ms))
             .max(self.familiar_count.until(window_ms))
     }
@@ -174,6 +186,9 @@ impl UserRecord {
             && now >= self.unfamiliar.until(window_ms)
             && now >= self.familiar_count.until(window_ms)
             && self.good.is_none_or(|(_, until)| until <= now)
+            && self
+                .last
+                .is_none_or(|l| l.at_ms.saturating_add(ms(LAST_SIGNIN_KEPT)) <= now)
     }
 }
 
@@ -215,7 +230,7 @@ pub enum SignIn {
 
 /// What one answered sign-in teaches (shared between instances as JSON:
 /// the keyed hash as hex, never a password).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Lesson {
     /// The user (any case).
     pub user: String,
@@ -234,6 +249,10 @@ pub struct Lesson {
     pub result: SignIn,
     /// When (ms since the epoch).
     pub now_ms: u64,
+    /// Where the client IP is (the city database), for a success when
+    /// geo-velocity may need it; absent in lessons from older instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<Place>,
 }
 
 /// What learning produced: alerts to raise and an IP to block.
@@ -721,8 +740,31 @@ impl Guard {
                 }
             }
         }
+        if let (SignIn::Success, Some(place)) = (lesson.result, lesson.place) {
+            let mut users = lock(&self.users);
+            if users.len() < MAX_USERS || users.contains_key(&user) {
+                let r = users.entry(user.clone()).or_default();
+                // Lessons from other instances may arrive late: the newest wins.
+                if r.last.is_none_or(|l| l.at_ms <= now) {
+                    r.last = Some(SignedIn { place, at_ms: now });
+                    drop(users);
+                    self.mark(&user);
+                }
+            }
+        }
         let _ = repeated;
         out
+    }
+
+    /// Geo-velocity's facts for `user`: the last successful sign-in the
+    /// gate knows (with a place), and whether every one of `locations` is
+    /// a familiar IP of the user now.
+    pub fn travel(&self, user: &str, locations: &[IpAddr], now: u64) -> (Option<SignedIn>, bool) {
+        let users = lock(&self.users);
+        match users.get(lookup_key(user).as_ref()) {
+            Some(r) => (r.last, r.is_familiar(locations, now)),
+            None => (None, false),
+        }
     }
 
     /// Users locked now (for unfamiliar locations), with their counts.
@@ -1019,6 +1061,7 @@ mod tests {
             client_ip: ip(from),
             result,
             now_ms: now,
+            place: None,
         }
     }
 

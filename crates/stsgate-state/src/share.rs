@@ -581,6 +581,7 @@ mod tests {
             client_ip: "192.0.2.1".parse().unwrap(),
             result: SignIn::Failure,
             now_ms: 42,
+            place: None,
         };
         let json = serde_json::to_value(&lesson).unwrap();
         assert_eq!(

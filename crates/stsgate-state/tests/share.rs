@@ -114,6 +114,7 @@ impl Node {
                 client_ip: ip(from),
                 result,
                 now_ms: now_ms(),
+                place: None,
             },
             Some(&lockout()),
             Some(&spray()),
