@@ -293,3 +293,75 @@ fn promtool_check(body: &str) {
         "promtool check metrics: {said}"
     );
 }
+
+#[tokio::test]
+async fn explain_shows_the_groups_found_or_why_not() {
+    let mut slapd = Slapd::start();
+    let up = password_checking_sts().await;
+    let gate = start(ALLOW, &directory(&slapd, "on_error = \"refuse\""), &up);
+    let ask = |user: &str| {
+        let (status, report) = gate.api(
+            "POST",
+            "/api/v1/explain",
+            Some(&format!("{{\"ip\": \"192.0.2.1\", \"user\": {user:?}}}")),
+        );
+        assert_eq!(status, 200, "{report}");
+        (
+            report["directory"].as_str().unwrap_or("").to_string(),
+            report["action"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    // The running gate: POST /api/v1/explain.
+    let (said, action) = ask("CORP\\bob");
+    assert!(
+        said.starts_with("found, in cn=legacy-auth-allowed,ou=groups,dc=corp,dc=example,dc=com"),
+        "{said}"
+    );
+    assert_eq!(action, "forward");
+    assert_eq!(
+        ask("carol"),
+        ("found, in no group".to_string(), "refuse".to_string())
+    );
+    assert_eq!(
+        ask("mallory"),
+        (
+            "no such user in the directory".to_string(),
+            "refuse".to_string()
+        )
+    );
+    assert_eq!(
+        ask("svc-scanner@corp.example.com"),
+        (
+            "not asked: the user is listed by name in users".to_string(),
+            "forward".to_string()
+        )
+    );
+
+    // Offline: stsgate explain with the config, its own connection.
+    let dir = gate.stop();
+    let config = dir.path().join("stsgate.toml");
+    let explain = |user: &str| {
+        let (code, out, err) = stsgate(&[
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--ip",
+            "192.0.2.1",
+            "--user",
+            user,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let out = explain("alice@corp.example.com");
+    assert!(
+        out.contains(
+            "directory found, in cn=legacy-auth-allowed,ou=groups,dc=corp,dc=example,dc=com; cn=staff,ou=groups,dc=corp,dc=example,dc=com"
+        ),
+        "{out}"
+    );
+    slapd.stop();
+    let out = explain("alice");
+    assert!(out.contains("directory directory unavailable:"), "{out}");
+    assert!(out.contains("user_group"), "{out}");
+}

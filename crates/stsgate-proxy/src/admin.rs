@@ -190,9 +190,6 @@ impl Admin {
                 )),
             }
         }
-        // URL threat feeds: never a reason to be unready (the gate decides
-        // with the lists it has), but said here.
-        body.push_str(&crate::feeds::readyz_lines(&self.gate.rules));
         let status = if ready {
             StatusCode::OK
         } else {
@@ -279,7 +276,7 @@ impl Admin {
                 }
             }
             (&Method::POST, "/api/v1/explain") => match read_json(req).await {
-                Ok(body) => self.explain(body),
+                Ok(body) => self.explain(body).await,
                 Err(r) => r,
             },
             (
@@ -547,14 +544,15 @@ impl Admin {
 
     /// `POST /api/v1/explain`: the corridor on a described request, with the
     /// live rules and gate state.
-    fn explain(&self, body: serde_json::Value) -> Response<Body> {
+    async fn explain(&self, body: serde_json::Value) -> Response<Body> {
         let question: crate::explain::Question = match serde_json::from_value(body) {
             Ok(q) => q,
             Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "", e.to_string()),
         };
         let rules = self.gate.rules.current();
         let blocks = self.gate.state.table_full();
-        match crate::explain::explain(
+        let asked = crate::explain::ask_directory(self.gate.directory(), &rules, &question).await;
+        match crate::explain::explain_with_directory(
             &question,
             &self.gate.config,
             &rules,
@@ -562,6 +560,7 @@ impl Admin {
             &self.gate.state.guard,
             self.gate.geoip(),
             "live",
+            &asked,
         ) {
             Ok(report) => json(
                 StatusCode::OK,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use stsgate_rules::{Action, Outcome, RuleSet, Stage, Step};
+use stsgate_rules::{Action, Outcome, RuleSet, Step};
 use stsgate_state::BlockTable;
 
 use crate::config::{BlockedStyle, Config};
@@ -79,9 +79,6 @@ pub struct StepReport {
     /// The action asked for, when it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
-    /// The `category` of the threat feed that matched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threat_category: Option<String>,
     /// Why.
     pub note: String,
 }
@@ -129,18 +126,76 @@ pub struct Report {
     /// The entry that matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<EntryReport>,
-    /// The `category` of the threat feed that decided (the decision log's
-    /// `threat_category`).
+    /// What the directory said about the user when the rules need groups
+    /// (`found, in DN; DN`, `no such user in the directory`, `directory
+    /// unavailable: why`), or why it was not asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threat_category: Option<String>,
+    pub directory: Option<String>,
     /// Forwarded with `X-Stsgate-Step-Up: required`.
     pub step_up: bool,
     /// What the client gets.
     pub response: String,
 }
 
+/// What the directory answered for `explain` ([`ask_directory`]).
+#[derive(Debug, Clone)]
+pub enum Asked {
+    /// Not asked: why (no user, no group in the rules, ...).
+    Not(&'static str),
+    /// The answer, and `directory.on_error`.
+    Answer(stsgate_directory::Answer, stsgate_directory::OnError),
+}
+
+/// Asks the directory about `q`'s user as the gate would: only when the
+/// rules need groups and do not list the user by name.
+pub async fn ask_directory(
+    directory: Option<&stsgate_directory::Directory>,
+    rules: &RuleSet,
+    q: &Question,
+) -> Asked {
+    match asked_user(directory, rules, q) {
+        Ok((directory, user)) => {
+            Asked::Answer(directory.groups(user).await, directory.settings().on_error)
+        }
+        Err(why) => Asked::Not(why),
+    }
+}
+
+/// [`ask_directory`] outside any async runtime (the CLI).
+pub fn ask_directory_blocking(
+    directory: Option<&stsgate_directory::Directory>,
+    rules: &RuleSet,
+    q: &Question,
+) -> Asked {
+    match asked_user(directory, rules, q) {
+        Ok((directory, user)) => Asked::Answer(
+            directory.groups_blocking(user),
+            directory.settings().on_error,
+        ),
+        Err(why) => Asked::Not(why),
+    }
+}
+
+fn asked_user<'d, 'q>(
+    directory: Option<&'d stsgate_directory::Directory>,
+    rules: &RuleSet,
+    q: &'q Question,
+) -> Result<(&'d stsgate_directory::Directory, &'q str), &'static str> {
+    let user = q.user.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    match (directory, user) {
+        _ if !rules.needs_groups() => Err(""),
+        (_, None) => Err(""),
+        (_, Some(u)) if !crate::directory::wanted(rules, u) => {
+            Err("not asked: the user is listed by name in users")
+        }
+        (None, _) => Err("not asked: no [directory] in the config"),
+        (Some(d), Some(u)) => Ok((d, u)),
+    }
+}
+
 /// Decides `q` against `config`, `rules` and `blocks`, and reports each
-/// stage. `state` says where `blocks` came from.
+/// stage. `state` says where `blocks` came from. The directory is not asked
+/// (see [`explain_with_directory`]).
 pub fn explain(
     q: &Question,
     config: &Config,
@@ -150,6 +205,38 @@ pub fn explain(
     geoip: Option<&GeoIp>,
     state: &str,
 ) -> Result<Report, String> {
+    explain_with_directory(
+        q,
+        config,
+        rules,
+        blocks,
+        guard,
+        geoip,
+        state,
+        &Asked::Not(""),
+    )
+}
+
+/// [`explain`] with the directory's answer about the user ([`ask_directory`]).
+#[allow(clippy::too_many_arguments)]
+pub fn explain_with_directory(
+    q: &Question,
+    config: &Config,
+    rules: &RuleSet,
+    blocks: &BlockTable,
+    guard: &stsgate_state::Guard,
+    geoip: Option<&GeoIp>,
+    state: &str,
+    asked: &Asked,
+) -> Result<Report, String> {
+    let (groups, directory) = match asked {
+        Asked::Not("") => (stsgate_rules::Groups::NotLooked, None),
+        Asked::Not(why) => (stsgate_rules::Groups::NotLooked, Some(why.to_string())),
+        Asked::Answer(answer, on_error) => (
+            crate::directory::groups(answer, *on_error),
+            Some(crate::directory::describe(answer)),
+        ),
+    };
     let mut headers = HeaderMap::new();
     for h in &q.headers {
         let parsed = h.split_once(':').and_then(|(name, value)| {
@@ -212,7 +299,13 @@ pub fn explain(
     let class = PathFilter::new(&config.filter).classify(path);
     let mut steps: Vec<Step<'_>> = Vec::new();
     let decision = match class {
-        PathClass::Filtered => corridor::decide(&request.facts(), blocks, guard, rules, &mut steps),
+        PathClass::Filtered => {
+            let facts = stsgate_rules::Facts {
+                groups,
+                ..request.facts()
+            };
+            corridor::decide(&facts, blocks, guard, rules, &mut steps)
+        }
         PathClass::Refuse => {
             stsgate_rules::Decision::plain(stsgate_rules::Stage::Path, Action::Refuse)
         }
@@ -257,7 +350,6 @@ pub fn explain(
                 list: s.list.map(str::to_string),
                 entry: s.entry.map(EntryReport::from),
                 action: s.action.map(|a| a.as_str().to_string()),
-                threat_category: threat_category(rules, s.stage, s.list),
                 note: s.note.to_string(),
             })
             .collect(),
@@ -265,18 +357,10 @@ pub fn explain(
         action: decision.action.as_str().to_string(),
         list: decision.list.map(str::to_string),
         entry: decision.entry.map(EntryReport::from),
-        threat_category: threat_category(rules, decision.stage, decision.list),
+        directory,
         step_up: decision.step_up,
         response,
     })
-}
-
-/// The `category` of the threat feed named `list`, for a threat step.
-fn threat_category(rules: &RuleSet, stage: Stage, list: Option<&str>) -> Option<String> {
-    if stage != Stage::Threat {
-        return None;
-    }
-    Some(rules.adaptive.threat.as_ref()?.category(list?)?.to_string())
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

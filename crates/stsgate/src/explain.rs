@@ -108,7 +108,16 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         Some(db) if rules.needs_country() => stsgate_proxy::geoip::GeoIp::open(db).ok(),
         _ => None,
     };
-    stsgate_proxy::explain::explain(
+    // The directory, asked as the gate would (a connection of its own).
+    let directory =
+        stsgate_proxy::directory::open(&config, stsgate_proxy::metrics::Metrics::new().registry())
+            .map_err(|errors| {
+                crate::print_errors(&errors);
+                anyhow::anyhow!("[directory] cannot be used")
+            })?;
+    let asked =
+        stsgate_proxy::explain::ask_directory_blocking(directory.as_ref(), &rules, &question);
+    stsgate_proxy::explain::explain_with_directory(
         &question,
         &config,
         &rules,
@@ -116,6 +125,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         stored.as_ref().map_or(&no_guard(), |s| &s.guard),
         geoip.as_ref(),
         state,
+        &asked,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -212,6 +222,9 @@ fn print_text(r: &Report) {
     if let Some(c) = &r.country {
         println!("          country {c}");
     }
+    if let Some(d) = &r.directory {
+        println!("          directory {d}");
+    }
     if r.path_class == "filtered" {
         let source = match r.state.as_str() {
             "live" => "the running gate's live state",
@@ -239,9 +252,6 @@ fn print_text(r: &Report) {
             if let Some(e) = &s.entry {
                 line.push_str(&format!(" entry {}", entry_text(e)));
             }
-            if let Some(c) = &s.threat_category {
-                line.push_str(&format!(" category {c}"));
-            }
             if let Some(a) = &s.action {
                 line.push_str(&format!(" -> {a}"));
             }
@@ -255,9 +265,6 @@ fn print_text(r: &Report) {
     }
     if let Some(e) = &r.entry {
         last.push_str(&format!("  entry {}", entry_text(e)));
-    }
-    if let Some(c) = &r.threat_category {
-        last.push_str(&format!("  threat_category {c}"));
     }
     println!("{last}");
     println!("response  {}", r.response);
