@@ -230,6 +230,51 @@ async fn a_restart_without_the_feed_server_refuses_from_the_stored_copy() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_feed_carries_its_category_and_its_reads_are_counted() {
+    let upstream = Upstream::start().await;
+    let feeds = tempfile::tempdir().unwrap();
+    let feed = feeds.path().join("scanners.txt");
+    std::fs::write(&feed, "198.51.100.0/24\n").unwrap();
+    let rules = format!(
+        "[request_blocking]\nuse_adaptive = true\n[[adaptive.threat.feeds]]\nname = \"scanners\"\npath = \"{}\"\nrisk = \"extreme\"\ncategory = \"scanner\"\n",
+        feed.display()
+    );
+    let gate = Gate::start(GateSpec {
+        extra: TRUST_LOOPBACK,
+        ..GateSpec::new(&rules, &upstream)
+    });
+    let metric = |result: &str| {
+        gate.metric(&format!(
+            "stsgate_feed_reloads_total{{feed=\"scanners\",result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(metric("success"), 1.0, "read at start");
+    assert_eq!(metric("failure"), 0.0, "the series exists from the start");
+    assert_eq!(sign_in(&gate, "198.51.100.20"), 500);
+    let log = gate.wait_decisions(|d| !d.is_empty());
+    assert_eq!(log[0]["list"], "scanners");
+    assert_eq!(log[0]["threat_category"], "scanner");
+
+    // A reload that finds the same contents: not_modified.
+    assert_eq!(gate.api_post("/api/v1/reload").0, 200);
+    assert_eq!(metric("not_modified"), 1.0);
+    // Changed on disk: read again (the file is watched), a new list.
+    std::fs::write(&feed, "192.0.2.0/24\n").unwrap();
+    wait_status(&gate, "192.0.2.9", 500);
+    assert_eq!(metric("success"), 2.0);
+    // Gone: the last good contents stay, counted as a failure.
+    std::fs::remove_file(&feed).unwrap();
+    assert!(
+        gate.wait_until(Duration::from_secs(20), |g| g.metric(
+            "stsgate_feed_reloads_total{feed=\"scanners\",result=\"failure\"}"
+        ) >= 1.0),
+        "{:?}",
+        gate.stderr()
+    );
+    assert_eq!(sign_in(&gate, "192.0.2.9"), 500);
+}
+
 #[test]
 fn check_refuses_bad_feed_keys_with_their_positions() {
     let dir = tempfile::tempdir().unwrap();

@@ -308,7 +308,7 @@ pub async fn run(rules: Arc<Rules>, metrics: Metrics, shutdown: impl Future<Outp
     let mut running = tokio::task::JoinSet::new();
     loop {
         let now = Instant::now();
-        follow(&mut schedules, &rules.current(), now);
+        follow(&mut schedules, &rules.current(), now, &metrics);
         for (name, s) in schedules.iter_mut() {
             if !s.running && s.next <= now {
                 s.running = true;
@@ -352,7 +352,12 @@ pub async fn run(rules: Arc<Rules>, metrics: Metrics, shutdown: impl Future<Outp
 
 /// Adds feeds new in `rules` (due now), restarts those whose fetch changed,
 /// and forgets those gone.
-fn follow(schedules: &mut HashMap<String, Schedule>, rules: &stsgate_rules::RuleSet, now: Instant) {
+fn follow(
+    schedules: &mut HashMap<String, Schedule>,
+    rules: &stsgate_rules::RuleSet,
+    now: Instant,
+    metrics: &Metrics,
+) {
     let mut seen = Vec::new();
     for (name, fetch) in url_feeds(rules) {
         seen.push(name);
@@ -368,6 +373,7 @@ fn follow(schedules: &mut HashMap<String, Schedule>, rules: &stsgate_rules::Rule
                 s.fetch = fetch.clone();
             }
             None => {
+                metrics.feed_seen(name);
                 schedules.insert(
                     name.to_string(),
                     Schedule {

@@ -323,6 +323,19 @@ impl Metrics {
             .inc();
     }
 
+    /// Makes the series of the threat feed named `feed` exist, at zero for
+    /// what has not happened yet, so rates and alerts see them.
+    pub fn feed_seen(&self, feed: &str) {
+        use crate::feeds::FeedResult;
+        for result in [
+            FeedResult::Success,
+            FeedResult::NotModified,
+            FeedResult::Failure,
+        ] {
+            let _ = self.feed_reloads.with_label_values(&[feed, result.as_str()]);
+        }
+    }
+
     /// Counts one upstream exchange and its duration.
     pub fn upstream(&self, class: UpstreamClass, seconds: f64) {
         let index = class.index();

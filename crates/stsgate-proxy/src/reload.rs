@@ -72,6 +72,7 @@ struct FileFeeds<'a> {
 
 impl FeedSource for FileFeeds<'_> {
     fn feed(&self, name: &str, path: &str) -> Result<(String, Arc<str>), String> {
+        self.metrics.feed_seen(name);
         let full = self.base.join(path);
         let shown = full.display().to_string();
         match std::fs::read_to_string(&full) {
@@ -110,6 +111,13 @@ impl FeedSource for FileFeeds<'_> {
 
     fn fetched(&self, name: &str, url: &str) -> Option<Arc<str>> {
         self.fetched.get(name, url)
+    }
+
+    fn ca_file(&self, path: &str) -> Result<(), String> {
+        let full = self.base.join(path);
+        crate::tls::load_certs(&full)
+            .map(drop)
+            .map_err(|e| format!("ca_file: {e:#}"))
     }
 }
 

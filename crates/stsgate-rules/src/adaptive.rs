@@ -31,6 +31,13 @@ pub trait FeedSource {
         let _ = (name, url);
         None
     }
+
+    /// Checks a URL feed's `ca_file` (as written in the rule file): the
+    /// message when it cannot be used. The default accepts it.
+    fn ca_file(&self, path: &str) -> Result<(), String> {
+        let _ = path;
+        Ok(())
+    }
 }
 
 /// What the IP / country check compares against.
@@ -272,6 +279,11 @@ impl Threat {
                 names.push(name.clone());
                 let before = entries.len();
                 let (category, fetch) = crate::feeds::check_keys(feed, c);
+                if let (Some(_), Some(ca)) = (&fetch, &feed.ca_file) {
+                    if let Err(message) = feeds.ca_file(ca.get_ref()) {
+                        c.errors.push(c.src.error(&ca.span(), message));
+                    }
+                }
                 let mut pending = false;
                 let text = match (&feed.path, &fetch) {
                     (Some(path), _) => match feeds.feed(name, path.get_ref()) {

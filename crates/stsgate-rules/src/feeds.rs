@@ -299,6 +299,105 @@ fn bounded(
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+
+    use crate::{Action, Facts, FeedSource, RuleSet, Stage};
+
+    /// URL feeds: `c2` has a download, `late` none yet; `bad-ca.pem` is unusable.
+    struct Fetched;
+
+    impl FeedSource for Fetched {
+        fn feed(&self, _name: &str, path: &str) -> Result<(String, Arc<str>), String> {
+            Ok((path.to_string(), Arc::from("192.0.2.1\n")))
+        }
+        fn fetched(&self, name: &str, _url: &str) -> Option<Arc<str>> {
+            (name == "c2").then(|| Arc::from("# c2\n198.51.100.0/24\n"))
+        }
+        fn ca_file(&self, path: &str) -> Result<(), String> {
+            if path == "bad-ca.pem" {
+                Err("no certificate in bad-ca.pem".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    const RULES: &str = r#"[request_blocking]
+use_adaptive = true
+[[adaptive.threat.feeds]]
+name = "c2"
+url = "https://feeds.example.net/c2.txt"
+refresh = "10m"
+ca_file = "ca.pem"
+risk = "high"
+category = "botnet"
+[[adaptive.threat.feeds]]
+name = "late"
+url = "https://feeds.example.net/late.txt"
+risk = "low"
+[[adaptive.threat.feeds]]
+name = "local"
+path = "feeds/local.txt"
+risk = "medium"
+category = "scanner"
+"#;
+
+    #[test]
+    fn url_feeds_compile_with_their_category_and_fetch() {
+        let r = RuleSet::compile("r.toml", RULES, &Fetched).unwrap();
+        let t = r.adaptive.threat.as_ref().unwrap();
+        let c2 = t.feeds.iter().find(|f| f.name == "c2").unwrap();
+        assert_eq!(c2.entries, 1);
+        assert_eq!(c2.path, "https://feeds.example.net/c2.txt");
+        assert!(!c2.pending);
+        assert_eq!(
+            c2.fetch,
+            Some(FeedFetch {
+                url: "https://feeds.example.net/c2.txt".into(),
+                refresh: Duration::from_secs(600),
+                timeout: DEFAULT_TIMEOUT,
+                ca_file: Some("ca.pem".into()),
+            })
+        );
+        let late = t.feeds.iter().find(|f| f.name == "late").unwrap();
+        assert!(late.pending && late.entries == 0);
+        assert_eq!(late.fetch.as_ref().unwrap().refresh, DEFAULT_REFRESH);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.line == 12 && w.message.contains("no download yet")),
+            "{:?}",
+            r.warnings
+        );
+        assert_eq!(t.category("c2").map(|c| &**c), Some("botnet"));
+        assert_eq!(t.category("local").map(|c| &**c), Some("scanner"));
+        assert_eq!(t.category("late"), None);
+        assert!(
+            t.feeds
+                .iter()
+                .find(|f| f.name == "local")
+                .unwrap()
+                .fetch
+                .is_none()
+        );
+        let d = r.decide(&Facts::new("198.51.100.7".parse().unwrap()));
+        assert_eq!(
+            (d.stage, d.action, d.list),
+            (Stage::Threat, Action::Refuse, Some("c2"))
+        );
+        let e = d.entry.unwrap();
+        assert_eq!((&*e.file, e.line), ("https://feeds.example.net/c2.txt", 2));
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_an_error_where_it_is_named() {
+        let text = RULES.replace("\"ca.pem\"", "\"bad-ca.pem\"");
+        let errors = RuleSet::compile("r.toml", &text, &Fetched).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].line, errors[0].column), (7, 11));
+        assert!(errors[0].message.contains("no certificate"));
+    }
+
     #[test]
     fn urls() {
         for good in [
