@@ -388,7 +388,16 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.limits.header_read_timeout)
+        // hyper runs this timer whenever it waits for a request head, so on a
+        // kept-alive connection also while the connection is idle: it must not
+        // cut one before `idle_timeout` does. The first request's head is held
+        // to `header_read_timeout` by the idle watchdog (crate::idle).
+        .header_read_timeout(
+            config
+                .limits
+                .header_read_timeout
+                .max(config.limits.idle_timeout),
+        )
         .max_headers(100)
         .max_buf_size(64 * 1024);
     // HTTP/2: bounded streams, windows and frames; rapid-reset floods cut off.
