@@ -110,6 +110,11 @@ async fn group_members_pass_nested_included_others_are_refused() {
     assert_eq!(lookups(&gate, "hit"), hits + 2.0);
     assert_eq!(lookups(&gate, "found"), 5.0);
 
+    let (_, ready) = gate.admin_get("/readyz");
+    assert!(
+        ready.contains(&format!("directory {}: ok", slapd.url())),
+        "{ready}"
+    );
     // The metrics pass promtool, the histogram included.
     let (_, body) = gate.admin_get("/metrics");
     assert!(
@@ -149,6 +154,16 @@ async fn a_directory_that_is_down_continue_or_refuse() {
     let event = refuse.wait_decisions(|d| !d.is_empty())[0].clone();
     assert_eq!(event["stage"], "user_group", "{event}");
     assert!(lookups(&refuse, "error") >= 1.0);
+    // Said on /readyz, which stays 200.
+    let (status, ready) = refuse.admin_get("/readyz");
+    assert_eq!(status, 200);
+    assert!(
+        ready.contains(&format!(
+            "directory {}: failing (on_error = refuse): ",
+            slapd.url()
+        )),
+        "{ready}"
+    );
     // A user listed by name does not need the directory.
     assert_eq!(
         signin(&refuse, &up, "svc-scanner@corp.example.com").await,

@@ -190,6 +190,9 @@ impl Admin {
                 )),
             }
         }
+        if let Some(d) = self.gate.directory() {
+            body.push_str(&crate::directory::readyz_line(d));
+        }
         let status = if ready {
             StatusCode::OK
         } else {

@@ -102,3 +102,20 @@ pub fn wanted(rules: &RuleSet, user: &str) -> bool {
             .as_ref()
             .is_some_and(|g| g.user_entry(user).is_some())
 }
+
+/// The directory's `/readyz` line (never a reason to be unready:
+/// `directory.on_error` decides what requests get meanwhile).
+pub fn readyz_line(directory: &Directory) -> String {
+    let url = &directory.settings().url;
+    match directory.health() {
+        stsgate_directory::Health::Unknown => format!("directory {url}: not asked yet\n"),
+        stsgate_directory::Health::Ok => format!("directory {url}: ok\n"),
+        stsgate_directory::Health::Failing(why) => {
+            let then = match directory.settings().on_error {
+                OnError::Continue => "on_error = continue",
+                OnError::Refuse => "on_error = refuse",
+            };
+            format!("directory {url}: failing ({then}): {why}\n")
+        }
+    }
+}
