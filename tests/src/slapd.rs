@@ -200,7 +200,13 @@ refint_attributes member memberOf
     /// Starts it (again, on the same port, with the same database).
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
-        let child = Command::new("slapd")
+        // /usr/sbin may not be on a user's PATH.
+        let program = if std::path::Path::new("/usr/sbin/slapd").exists() {
+            "/usr/sbin/slapd"
+        } else {
+            "slapd"
+        };
+        let child = Command::new(program)
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
             .args(["-h", &format!("ldap://127.0.0.1:{}/", self.port)])
