@@ -414,3 +414,47 @@ async fn a_geoip_file_replaced_under_a_running_gate() {
     assert!(gate.wait_until(BOUND, |g| g.metric(success) >= 2.0));
     assert_eq!(status().await, 500);
 }
+
+/// `rules/adaptive.toml` passes `check` with a config that names the test
+/// databases and a directory, and `check` says what it lacks without them.
+#[test]
+fn the_shipped_adaptive_rules_pass_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = workspace().join("rules/adaptive.toml");
+    std::fs::write(dir.path().join("ldap.secret"), "pw\n").unwrap();
+    let base = format!(
+        "rules = {:?}\n[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[state]\ndir = \"state\"\n",
+        rules.display().to_string()
+    );
+    let full = format!(
+        "{base}[directory]\nurl = \"ldap://127.0.0.1:1\"\nbind_dn = \"cn=svc\"\npassword_file = \"ldap.secret\"\nbase_dn = \"dc=corp\"\non_error = \"refuse\"\n{}",
+        extra(&[
+            ("city_db", &maxmind("GeoLite2-City-Test.mmdb")),
+            ("anonymous_ip_db", &maxmind("GeoIP2-Anonymous-IP-Test.mmdb")),
+        ])
+    );
+    let config = dir.path().join("stsgate.toml");
+    std::fs::write(&config, &full).unwrap();
+    let config = config.display().to_string();
+    let (code, out, err) = stsgate(&["check", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    for line in [
+        "adaptive.anonymous_ip: enabled, categories anonymous_vpn public_proxy residential_proxy tor_exit_node, failure_action refuse",
+        "adaptive.user_group: enabled, allow list, users 2, groups 1, failure_action refuse",
+        "adaptive.geo_velocity: enabled, max_speed_kmh 900, min_distance_km 500, failure_action refuse",
+    ] {
+        assert!(out.contains(line), "{line}\n{out}");
+    }
+    // Without the databases and the directory: every missing piece, at its section.
+    std::fs::write(dir.path().join("stsgate.toml"), &base).unwrap();
+    let (code, _, err) = stsgate(&["check", "--config", &config]);
+    assert_eq!(code, 1, "{err}");
+    let shown = rules.display().to_string();
+    for want in [
+        format!("{shown}:37:1: [adaptive.anonymous_ip] needs geoip.anonymous_ip_db"),
+        format!("{shown}:48:1: [adaptive.user_group] names groups, which need [directory]"),
+        format!("{shown}:52:1: [adaptive.geo_velocity] needs geoip.city_db"),
+    ] {
+        assert!(err.contains(&want), "{want}\n{err}");
+    }
+}

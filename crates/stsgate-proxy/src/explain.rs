@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use stsgate_rules::{Action, Outcome, RuleSet, Step};
+use stsgate_rules::{Action, Outcome, RuleSet, Stage, Step};
 use stsgate_state::BlockTable;
 
 use crate::config::{BlockedStyle, Config};
@@ -79,8 +79,15 @@ pub struct StepReport {
     /// The action asked for, when it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The `category` of the threat feed that matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat_category: Option<String>,
     /// Why.
     pub note: String,
+    /// What the check computed: the country, the ASN, the anonymity
+    /// categories, geo-velocity's distance and speed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What `explain` prints (as text, or as this JSON object).
@@ -111,6 +118,15 @@ pub struct Report {
     /// The client's country, when a rule needs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// The client's autonomous system (`AS15169`; `AS0`: unknown), when a rule needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<String>,
+    /// The client IP's anonymity categories, when a rule needs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<Vec<String>>,
+    /// Where the client IP is (`latitude,longitude ±accuracy km`), when a rule needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Where the gate state came from: `live` (the running gate), `stored`
     /// (read from state.dir), or `none`.
     pub state: String,
@@ -126,6 +142,10 @@ pub struct Report {
     /// The entry that matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<EntryReport>,
+    /// The `category` of the threat feed that decided (the decision log's
+    /// `threat_category`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threat_category: Option<String>,
     /// What the directory said about the user when the rules need groups
     /// (`found, in DN; DN`, `no such user in the directory`, `directory
     /// unavailable: why`), or why it was not asked.
@@ -341,6 +361,13 @@ pub fn explain_with_directory(
         application: request.application.as_deref().map(str::to_string),
         user_agent: request.shown_user_agent().map(str::to_string),
         country: request.country.map(|c| c.as_str().to_string()),
+        asn: request.asn.map(|n| format!("AS{n}")),
+        anonymous: request
+            .anonymous
+            .map(|a| a.names().map(str::to_string).collect()),
+        location: request
+            .place
+            .map(|p| format!("{},{} ±{} km", p.latitude, p.longitude, p.accuracy_km)),
         state: state.to_string(),
         steps: steps
             .iter()
@@ -350,17 +377,28 @@ pub fn explain_with_directory(
                 list: s.list.map(str::to_string),
                 entry: s.entry.map(EntryReport::from),
                 action: s.action.map(|a| a.as_str().to_string()),
+                threat_category: threat_category(rules, s.stage, s.list),
                 note: s.note.to_string(),
+                detail: (!s.detail.is_none()).then(|| s.detail.to_string()),
             })
             .collect(),
         stage: decision.stage.as_str().to_string(),
         action: decision.action.as_str().to_string(),
         list: decision.list.map(str::to_string),
         entry: decision.entry.map(EntryReport::from),
+        threat_category: threat_category(rules, decision.stage, decision.list),
         directory,
         step_up: decision.step_up,
         response,
     })
+}
+
+/// The `category` of the threat feed named `list`, for a threat step.
+fn threat_category(rules: &RuleSet, stage: Stage, list: Option<&str>) -> Option<String> {
+    if stage != Stage::Threat {
+        return None;
+    }
+    Some(rules.adaptive.threat.as_ref()?.category(list?)?.to_string())
 }
 
 fn outcome_name(o: Outcome) -> &'static str {

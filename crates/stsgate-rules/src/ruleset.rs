@@ -406,7 +406,7 @@ impl RuleSet {
         }
         if let Some(u) = &self.adaptive.user_group {
             lines.push(format!(
-                "adaptive.user_group: {}, {} list, {} users, {} groups, failure_action {}",
+                "adaptive.user_group: {}, {} list, users {}, groups {}, failure_action {}",
                 enabled(u.enabled),
                 rule_name(u.rule),
                 u.user_entries.len(),

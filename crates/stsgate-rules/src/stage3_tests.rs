@@ -520,7 +520,7 @@ failure_action = "continue"
         "{summary}"
     );
     assert!(
-        summary.contains("adaptive.user_group: enabled, deny list, 1 users, 0 groups"),
+        summary.contains("adaptive.user_group: enabled, deny list, users 1, groups 0"),
         "{summary}"
     );
     assert!(

@@ -104,10 +104,9 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         }
         Err(e) => return Err(anyhow::anyhow!("{e}")),
     };
-    let geoip = match &config.geoip.country_db {
-        Some(db) if rules.needs_country() => stsgate_proxy::geoip::GeoIp::open(db).ok(),
-        _ => None,
-    };
+    let geoip = stsgate_proxy::geoip::GeoIp::open_config(&config.geoip)
+        .ok()
+        .flatten();
     // The directory, asked as the gate would (a connection of its own).
     let directory =
         stsgate_proxy::directory::open(&config, stsgate_proxy::metrics::Metrics::new().registry())
@@ -225,6 +224,20 @@ fn print_text(r: &Report) {
     if let Some(d) = &r.directory {
         println!("          directory {d}");
     }
+    if let Some(a) = &r.asn {
+        println!("          asn {a}");
+    }
+    if let Some(a) = &r.anonymous {
+        let a = if a.is_empty() {
+            "(none)".to_string()
+        } else {
+            a.join(", ")
+        };
+        println!("          anonymous {a}");
+    }
+    if let Some(l) = &r.location {
+        println!("          location {l}");
+    }
     if r.path_class == "filtered" {
         let source = match r.state.as_str() {
             "live" => "the running gate's live state",
@@ -252,10 +265,16 @@ fn print_text(r: &Report) {
             if let Some(e) = &s.entry {
                 line.push_str(&format!(" entry {}", entry_text(e)));
             }
+            if let Some(c) = &s.threat_category {
+                line.push_str(&format!(" category {c}"));
+            }
             if let Some(a) = &s.action {
                 line.push_str(&format!(" -> {a}"));
             }
             line.push_str(&format!("  [{}]", s.note));
+            if let Some(d) = &s.detail {
+                line.push_str(&format!(" ({d})"));
+            }
             println!("{}", line.trim_end());
         }
     }
@@ -265,6 +284,9 @@ fn print_text(r: &Report) {
     }
     if let Some(e) = &r.entry {
         last.push_str(&format!("  entry {}", entry_text(e)));
+    }
+    if let Some(c) = &r.threat_category {
+        last.push_str(&format!("  threat_category {c}"));
     }
     println!("{last}");
     println!("response  {}", r.response);
