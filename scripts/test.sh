@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs stsgate's whole test suite, after installing what the tests need on
-# a Debian machine: promtool (the metrics are checked with the real one) and
-# redis-server (the shared-state tests start their own).
+# a Debian machine: promtool (the metrics are checked with the real one),
+# redis-server (the shared-state tests start their own), chromium and
+# chromium-driver (the admin page is tested in a real browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The directory tests start their own OpenLDAP slapd (memberof overlay), loaded with ldapmodify.
 [ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || missing+=(slapd)
 command -v ldapmodify >/dev/null 2>&1 || missing+=(ldap-utils)
+# The admin page's tests drive a real headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -244,7 +244,7 @@ impl Admin {
             },
             (&Method::DELETE, "/api/v1/blocks/{id}") => match self.gate.state.remove(id) {
                 Some(b) => {
-                    tracing::info!(id = %b.id, kind = b.target.kind(), origin = origin.as_deref().unwrap_or("api"), "block removed through the API");
+                    tracing::info!(id = %b.id, kind = b.target.kind(), origin = %origin.as_deref().unwrap_or("api"), "block removed through the API");
                     let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
@@ -266,7 +266,7 @@ impl Admin {
             (&Method::DELETE, "/api/v1/lockouts/{user}") => {
                 let user = percent_decode(id);
                 if self.gate.state.reset_lockout(&user) {
-                    tracing::info!(user = %stsgate_state::guard::user_key(&user), origin = origin.as_deref().unwrap_or("api"), "lockout reset through the API");
+                    tracing::info!(user = %stsgate_state::guard::user_key(&user), origin = %origin.as_deref().unwrap_or("api"), "lockout reset through the API");
                     let mut r = Response::new(full(Bytes::new()));
                     *r.status_mut() = StatusCode::NO_CONTENT;
                     r
