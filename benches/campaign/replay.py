@@ -18,6 +18,10 @@ Runs, on loopback only:
       - a password spray: many IPs x every account, one common password a round;
       - a distributed brute force against one user from hundreds of IPs;
       - a slow spray: each IP tries fewer users than spray.distinct_users.
+    Every attacker guess goes to one of the farm's three password doors, at
+    random: WS-Trust usernamemixed (2005 or 1.3), the OAuth2 token endpoint
+    (resource-owner password grant) and the forms sign-in page (/adfs/ls/);
+    the STS answers each like ADFS (see docs/DOMAIN.md).
     Everything is sent as fast as the gate answers, `--workers` at once, so the
     whole campaign falls inside one lockout and one spray window.
 
@@ -42,12 +46,26 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from xml.sax.saxutils import escape, unescape
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PATH_2005 = "/adfs/services/trust/2005/usernamemixed"
 PATH_13 = "/adfs/services/trust/13/usernamemixed"
+PATH_TOKEN = "/adfs/oauth2/token"
+PATH_FORMS = "/adfs/ls/?client-request-id=5e0c1d2a-3b4c-4d5e-8f60-718293a4b5c6&wa=wsignin1.0&wtrealm=urn%3afederation%3aMicrosoftOnline"
+# Where attacker guesses go: the three doors (WS-Trust in its two versions).
+ATTACK_PATHS = [PATH_2005, PATH_13, PATH_TOKEN, PATH_TOKEN, PATH_FORMS, PATH_FORMS]
+
+
+def protocol(path):
+    """The protocol label of a path, as the gate names it."""
+    if path.startswith(PATH_TOKEN):
+        return "oauth2_ropc"
+    if path.startswith("/adfs/ls"):
+        return "forms"
+    return "wstrust"
 TOKEN = "campaign-admin-token-0123456789"
 
 # The rule file: PRODUCT.md §3's values for [lockout] and [spray].
@@ -183,7 +201,7 @@ def campaign(seed, scale):
         rng.shuffle(order)
         for u in order:
             ev.append(Ev((r + rng.random()) / p["spray_rounds"], "spray", u, words[r],
-                         rng.choice(spray_ips), path=rng.choice([PATH_2005, PATH_13]), rnd=r))
+                         rng.choice(spray_ips), path=rng.choice(ATTACK_PATHS), rnd=r))
     # A distributed brute force: one user, hundreds of IPs, a different
     # password every guess.
     n = 0
@@ -192,7 +210,7 @@ def campaign(seed, scale):
         for _ in range(p["brute_per_ip"]):
             n += 1
             ev.append(Ev(rng.random(), "brute_force", target, "Guess-%d-%s" % (n, password(rng)[:6]), ip,
-                         path=rng.choice([PATH_2005, PATH_13])))
+                         path=rng.choice(ATTACK_PATHS)))
     # A slow spray: each IP tries at most distinct_users - 1 users over the
     # whole campaign (3 a round over up to 3 rounds: never 10).
     per_ip = max(1, (DISTINCT_USERS - 1) // max(1, p["slow_rounds"]))
@@ -204,7 +222,7 @@ def campaign(seed, scale):
         word = words[p["spray_rounds"] + r]
         for k, u in enumerate(order):
             ev.append(Ev((r + rng.random()) / p["slow_rounds"], "slow_spray", u, word,
-                         slow_ips[k // per_ip], path=rng.choice([PATH_2005, PATH_13]), rnd=r))
+                         slow_ips[k // per_ip], path=rng.choice(ATTACK_PATHS), rnd=r))
 
     ev.sort(key=lambda e: e.t)
     for i, e in enumerate(warm + ev):
@@ -216,6 +234,18 @@ def campaign(seed, scale):
             last[e.actor] = e.id
     facts = dict(p, target=target, legit_users=set(active), right=right)
     return warm, ev, facts
+
+
+def request(e):
+    """(content type, body) of a sign-in as its door expects it."""
+    if e.path.startswith(PATH_TOKEN):
+        return ("application/x-www-form-urlencoded", urllib.parse.urlencode(dict(
+            grant_type="password", username=e.user, password=e.password,
+            client_id="0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9", scope="openid")))
+    if e.path.startswith("/adfs/ls"):
+        return ("application/x-www-form-urlencoded", urllib.parse.urlencode(dict(
+            UserName=e.user, Password=e.password, AuthMethod="FormsAuthentication")))
+    return ("application/soap+xml; charset=utf-8", envelope(e))
 
 
 def envelope(e):
@@ -247,6 +277,11 @@ def envelope(e):
 USERNAME = re.compile(rb"<(?:[\w.-]+:)?Username(?:\s[^>]*)?>(.*?)</", re.S)
 PASSWORD = re.compile(rb"<(?:[\w.-]+:)?Password(?:\s[^>]*)?>(.*?)</", re.S)
 XML_ENTITIES = {"&quot;": '"', "&apos;": "'"}
+ROPC_TOKEN = b'{"access_token":"eyJ0eXAiOiJKV1QifQ.e30.c2ln","token_type":"bearer","expires_in":3600}'
+ROPC_FAILURE = b'{"error":"invalid_grant","error_description":"MSIS9659: Invalid \'username\' or \'password\'."}'
+FORMS_FAILURE = (b'<html><body><form method="post" id="loginForm"><span id="errorText" for="" aria-live="assertive"'
+                 b' role="alert">Incorrect user ID or password. Type the correct user ID and password, and try'
+                 b' again.</span></form></body></html>')
 
 
 class Sts:
@@ -267,20 +302,43 @@ class Sts:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                user = USERNAME.search(body)
-                pw = PASSWORD.search(body)
-                ok = bool(user and pw) and sts.right.get(
-                    unescape(user.group(1).decode(), XML_ENTITIES).lower()) == unescape(
-                    pw.group(1).decode(), XML_ENTITIES)
+                door = protocol(self.path)
+                if door == "wstrust":
+                    user = USERNAME.search(body)
+                    pw = PASSWORD.search(body)
+                    ok = bool(user and pw) and sts.right.get(
+                        unescape(user.group(1).decode(), XML_ENTITIES).lower()) == unescape(
+                        pw.group(1).decode(), XML_ENTITIES)
+                else:
+                    form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
+                    u, p = ("username", "password") if door == "oauth2_ropc" else ("UserName", "Password")
+                    user, pw = form.get(u, [""])[0], form.get(p, [None])[0]
+                    ok = sts.right.get(user.lower()) == pw
                 cid = self.headers.get("X-Campaign-Id")
                 if cid is not None:
                     with sts.lock:
                         sts.reached.add(int(cid))
-                answer = sts.success if ok else sts.fault
+                headers = []
+                if door == "wstrust":
+                    ctype = "application/soap+xml; charset=utf-8"
+                    status, answer = (200, sts.success) if ok else (500, sts.fault)
+                elif door == "oauth2_ropc":
+                    ctype = "application/json;charset=UTF-8"
+                    headers = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+                    status, answer = (200, ROPC_TOKEN) if ok else (400, ROPC_FAILURE)
+                else:
+                    ctype = "text/html; charset=utf-8"
+                    if ok:
+                        status, answer = 302, b""
+                        headers = [("Location", self.path), ("Set-Cookie", "MSISAuth=AAEAAA; path=/adfs; HttpOnly; Secure")]
+                    else:
+                        status, answer = 200, FORMS_FAILURE
                 if sts.answer_s:
                     time.sleep(sts.answer_s)
-                self.send_response(200 if ok else 500)
-                self.send_header("Content-Type", "application/soap+xml; charset=utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                for k, v in headers:
+                    self.send_header(k, v)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -394,9 +452,10 @@ def send_all(gate, events, workers, status):
                 break
             if e.after in done:
                 done[e.after].wait()
-            body = envelope(e).encode()
+            ctype, body = request(e)
+            body = body.encode()
             headers = {
-                "Content-Type": "application/soap+xml; charset=utf-8",
+                "Content-Type": ctype,
                 "X-MS-Forwarded-Client-IP": e.ip,
                 "X-MS-Client-Application": "Microsoft.Exchange.ActiveSync",
                 "X-MS-Endpoint-Absolute-Path": e.path,
@@ -450,7 +509,10 @@ def figures(warm, events, facts, sts, status, gate, args, took):
             share_pct=round(100.0 * len(got) / len(es), 3) if es else 0.0,
             ips=len({e.ip for e in es}),
             reached_per_round=[sum(1 for e in got if e.round == r) for r in rounds],
-            succeeded=sum(1 for e in es if status.get(e.id) == 200))
+            succeeded=sum(1 for e in es if status.get(e.id) == (302 if protocol(e.path) == "forms" else 200)),
+            by_protocol={p: dict(sent=sum(1 for e in es if protocol(e.path) == p),
+                                 reached=sum(1 for e in got if protocol(e.path) == p))
+                         for p in ("wstrust", "oauth2_ropc", "forms")})
     sent = sum(a["sent"] for a in attacks.values())
     got = sum(a["reached"] for a in attacks.values())
     legit = warm + [e for e in events if e.expect is not None]
@@ -505,6 +567,10 @@ def report(f):
             extra = "  per round: " + ", ".join(str(n) for n in a["reached_per_round"])
         w("%-42s %7d %7d %12d %7.2f %%%s" % (ATTACK_NAMES[kind], a["ips"], a["sent"], a["reached"],
                                               a["share_pct"], extra))
+    for p in ("wstrust", "oauth2_ropc", "forms"):
+        sent = sum(f["attacks"][k]["by_protocol"][p]["sent"] for k in ATTACKS)
+        got = sum(f["attacks"][k]["by_protocol"][p]["reached"] for k in ATTACKS)
+        w("%-42s %7s %7d %12d %7.2f %%" % ("  of them to " + p, "", sent, got, 100.0 * got / sent if sent else 0.0))
     a = f["attacker"]
     w("%-42s %7s %7d %12d %7.2f %%   target < 1 %%" % ("all attacker guesses", "", a["sent"], a["reached"],
                                                      a["share_pct"]))

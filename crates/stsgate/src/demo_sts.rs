@@ -5,7 +5,12 @@
 //! `/13/` paths, WS-Trust 2005 otherwise); any other request to those paths
 //! gets HTTP 500 and the `FailedAuthentication` fault ADFS sends for a wrong
 //! password. `GET /adfs/services/trust/mex` returns placeholder metadata and
-//! every other request a short text. Each answer carries `X-Demo-Sts: 1`, so
+//! every other request a short text. The OAuth2 token endpoint
+//! (`/adfs/oauth2/token`, `grant_type=password`) and the forms sign-in page
+//! (`/adfs/ls/`) answer like ADFS too: a token or `invalid_grant`; a 302
+//! setting `MSISAuth` or the page again with its error; and
+//! `GET /adfs/.well-known/openid-configuration` names the token endpoint for
+//! MSAL. Each answer carries `X-Demo-Sts: 1`, so
 //! tests can tell that an answer came from upstream and not from the gate.
 //! The token is unsigned: nothing downstream should ever trust it.
 
@@ -67,6 +72,10 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
 
 async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
+    let lower = path.to_ascii_lowercase();
+    if lower.starts_with(TOKEN_PATH) || lower.starts_with(FORMS_PATH) || lower == OIDC_PATH {
+        return Ok(form_door(request).await);
+    }
     let (status, content_type, body) = if request.method() == Method::GET && path == MEX_PATH {
         (
             StatusCode::OK,
@@ -98,6 +107,114 @@ async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         HeaderValue::from_static("1"),
     );
     Ok(response)
+}
+
+const TOKEN_PATH: &str = "/adfs/oauth2/token";
+const FORMS_PATH: &str = "/adfs/ls";
+const OIDC_PATH: &str = "/adfs/.well-known/openid-configuration";
+
+/// The token endpoint, the forms sign-in page and the OpenID configuration,
+/// answered like ADFS (docs/DOMAIN.md).
+async fn form_door(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use stsgate_proxy::blocked::{
+        FORMS_CONTENT_TYPE, FORMS_ERROR, ROPC_CONTENT_TYPE, ROPC_FAILURE, forms_page,
+    };
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let lower = request.uri().path().to_ascii_lowercase();
+    let host = request
+        .headers()
+        .get("x-forwarded-host")
+        .or_else(|| request.headers().get(hyper::header::HOST))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let method = request.method().clone();
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let fields = |names| stsgate_proxy::signin::read_form(&body, names).ok();
+    let mut headers: Vec<(&'static str, String)> = Vec::new();
+    let (status, content_type, answer) = if lower == OIDC_PATH {
+        let doc = serde_json::json!({
+            "issuer": format!("https://{host}/adfs"),
+            "authorization_endpoint": format!("https://{host}/adfs/oauth2/authorize/"),
+            "token_endpoint": format!("https://{host}/adfs/oauth2/token/"),
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
+        });
+        (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(doc.to_string()),
+        )
+    } else if lower.starts_with(TOKEN_PATH) {
+        headers.push(("cache-control", "no-store".into()));
+        headers.push(("pragma", "no-cache".into()));
+        match fields(["username", "password", "grant_type"]) {
+            Some([Some(user), Some(password), Some(grant)])
+                if grant == "password" && password == DEMO_PASSWORD && !user.trim().is_empty() =>
+            {
+                let token = serde_json::json!({
+                    "access_token": format!("demo.{}.unsigned", user.trim()),
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                });
+                (
+                    StatusCode::OK,
+                    ROPC_CONTENT_TYPE,
+                    Bytes::from(token.to_string()),
+                )
+            }
+            _ => (
+                StatusCode::BAD_REQUEST,
+                ROPC_CONTENT_TYPE,
+                Bytes::from_static(ROPC_FAILURE.as_bytes()),
+            ),
+        }
+    } else if method != Method::POST {
+        (
+            StatusCode::OK,
+            FORMS_CONTENT_TYPE,
+            forms_page(&target, "", ""),
+        )
+    } else {
+        match fields(["UserName", "Password", "AuthMethod"]) {
+            Some([Some(user), Some(password), _]) if password == DEMO_PASSWORD => {
+                headers.push(("location", target.clone()));
+                headers.push((
+                    "set-cookie",
+                    format!("MSISAuth=demo-{}; path=/adfs; HttpOnly; Secure", user.len()),
+                ));
+                (StatusCode::FOUND, FORMS_CONTENT_TYPE, Bytes::new())
+            }
+            found => {
+                let user = found.and_then(|[u, _, _]| u).unwrap_or_default();
+                (
+                    StatusCode::OK,
+                    FORMS_CONTENT_TYPE,
+                    forms_page(&target, &user, FORMS_ERROR),
+                )
+            }
+        }
+    };
+    let mut response = Response::new(Full::new(answer));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), value);
+        }
+    }
+    h.insert(
+        HeaderName::from_static("x-demo-sts"),
+        HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// The answer to a sign-in request posted to `path`.
@@ -350,6 +467,59 @@ mod tests {
                 Err(error) => panic!("{error}: {xml}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn answers_ropc_and_forms_like_adfs() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let token = "/adfs/oauth2/token";
+        let (status, head, body) = exchange(
+            addr,
+            "POST",
+            token,
+            "grant_type=password&username=a%40b.c&password=demo",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("access_token") && head.contains("cache-control: no-store"));
+        let (status, _, body) = exchange(
+            addr,
+            "POST",
+            token,
+            "grant_type=password&username=a&password=x",
+        )
+        .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (400, stsgate_proxy::blocked::ROPC_FAILURE)
+        );
+        let page = "/adfs/ls/?wa=wsignin1.0";
+        let (status, head, _) = exchange(
+            addr,
+            "POST",
+            page,
+            "UserName=a&Password=demo&AuthMethod=FormsAuthentication",
+        )
+        .await;
+        assert_eq!(status, 302);
+        assert!(head.contains("set-cookie: msisauth="), "{head}");
+        let (status, _, body) = exchange(addr, "POST", page, "UserName=a&Password=x").await;
+        assert_eq!(status, 200);
+        assert!(body.contains(stsgate_proxy::blocked::FORMS_ERROR));
+        let (status, _, body) = exchange(addr, "GET", page, "").await;
+        assert_eq!(status, 200);
+        assert!(body.contains(r#"name="UserName""#));
+        let (status, _, body) =
+            exchange(addr, "GET", "/adfs/.well-known/openid-configuration", "").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("/adfs/oauth2/token/"), "{body}");
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 
     #[tokio::test]
