@@ -140,6 +140,19 @@ async fn a_url_feed_refuses_with_its_category_and_is_revalidated() {
         .unwrap()
         .clone();
     assert_eq!(step["threat_category"], "botnet", "{step}");
+    let config = gate.dir.path().join("stsgate.toml").display().to_string();
+    let (code, text, err) = stsgate(&[
+        "explain",
+        "--config",
+        &config,
+        "--peer",
+        "127.0.0.1",
+        "--ip",
+        "198.51.100.20",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains(" category botnet"), "{text}");
+    assert!(text.contains("threat_category botnet"), "{text}");
     // /readyz names the feed and its list.
     let (status, body) = gate.admin_get("/readyz");
     assert_eq!(status, 200);

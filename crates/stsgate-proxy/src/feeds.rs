@@ -553,7 +553,7 @@ async fn download(
             }
         })?
         .to_bytes();
-    let text = String::from_utf8(body.to_vec()).map_err(|_| "not UTF-8 text".to_string())?;
+    let text = String::from_utf8(Vec::from(body)).map_err(|_| "not UTF-8 text".to_string())?;
     Ok(Downloaded::Body {
         text,
         etag,
