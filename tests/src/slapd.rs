@@ -133,25 +133,52 @@ pub struct Slapd {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// The `ldaps://` port, when started with TLS.
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     paused: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Slapd {
     /// Starts slapd on a free port with [`DIRECTORY`] loaded.
     pub fn start() -> Slapd {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Slapd::start_with(None)
+    }
+
+    /// [`Slapd::start`], also listening for `ldaps://` on another port
+    /// with this certificate chain and key (PEM).
+    pub fn start_tls(chain_pem: &str, key_pem: &str) -> Slapd {
+        Slapd::start_with(Some((chain_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Slapd {
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let tls_conf = match tls {
+            Some((chain, key)) => {
+                std::fs::write(dir.path().join("tls-chain.pem"), chain).unwrap();
+                std::fs::write(dir.path().join("tls-key.pem"), key).unwrap();
+                format!(
+                    "TLSCertificateFile {d}/tls-chain.pem\nTLSCertificateKeyFile {d}/tls-key.pem\n",
+                    d = dir.path().display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::create_dir(dir.path().join("db")).unwrap();
         let conf = format!(
             "include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
-modulepath /usr/lib/ldap
+{tls_conf}modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
 moduleload refint
@@ -176,12 +203,30 @@ refint_attributes member memberOf
         let mut slapd = Slapd {
             child: None,
             port,
+            tls_port: tls.map(|_| free_port()),
             dir,
             paused: false,
         };
         slapd.restart();
         slapd.modify(DIRECTORY);
         slapd
+    }
+
+    /// slapd's `-h`: `ldap://`, and `ldaps://` with TLS.
+    fn listen(&self) -> String {
+        let mut urls = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(tls) = self.tls_port {
+            urls.push_str(&format!(" ldaps://127.0.0.1:{tls}/"));
+        }
+        urls
+    }
+
+    /// `ldaps://127.0.0.1:PORT` (started with [`Slapd::start_tls`]).
+    pub fn ldaps_url(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("started with TLS")
+        )
     }
 
     /// `ldap://127.0.0.1:PORT`.
@@ -209,7 +254,7 @@ refint_attributes member memberOf
         let child = Command::new(program)
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
-            .args(["-h", &format!("ldap://127.0.0.1:{}/", self.port)])
+            .args(["-h", &self.listen()])
             // In the foreground (a child the test owns), quiet.
             .args(["-d", "0"])
             .stdout(Stdio::null())

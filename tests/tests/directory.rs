@@ -28,9 +28,13 @@ failure_action = "refuse"
 
 /// `[directory]` for `slapd`, with `more` lines.
 fn directory(slapd: &Slapd, more: &str) -> String {
+    directory_at(&slapd.url(), slapd, more)
+}
+
+/// `[directory]` for `slapd` at `url`, with `more` lines.
+fn directory_at(url: &str, slapd: &Slapd, more: &str) -> String {
     format!(
-        "[blocked]\ndelay = \"0s\"\n[directory]\nurl = \"{}\"\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dn = \"{}\"\nuser_filter = \"{}\"\n{more}\n",
-        slapd.url(),
+        "[blocked]\ndelay = \"0s\"\n[directory]\nurl = \"{url}\"\nbind_dn = \"{}\"\npassword_file = \"{}\"\nbase_dn = \"{}\"\nuser_filter = \"{}\"\n{more}\n",
         slapd::BIND_DN,
         slapd.password_file().display(),
         slapd::BASE_DN,
@@ -379,4 +383,30 @@ async fn explain_shows_the_groups_found_or_why_not() {
     let out = explain("alice");
     assert!(out.contains("directory directory unavailable:"), "{out}");
     assert!(out.contains("user_group"), "{out}");
+}
+
+#[tokio::test]
+async fn ldaps_verified_with_the_system_roots_or_ca_file() {
+    let certs = Certs::new();
+    let slapd = Slapd::start_tls(&certs.chain_pem, &certs.key_pem);
+    let ca = tempfile::tempdir().unwrap();
+    let ca_file = ca.path().join("directory-ca.pem");
+    std::fs::write(&ca_file, &certs.ca_pem).unwrap();
+    let up = password_checking_sts().await;
+    let more = format!("ca_file = \"{}\"\non_error = \"refuse\"", ca_file.display());
+    let gate = start(ALLOW, &directory_at(&slapd.ldaps_url(), &slapd, &more), &up);
+    assert_eq!(signin(&gate, &up, "alice").await, FORWARDED);
+    assert_eq!(signin(&gate, &up, "carol").await, REFUSED);
+    assert_eq!(lookups(&gate, "found"), 2.0);
+
+    // Without the CA: the server's certificate is not trusted, nothing is sent.
+    let gate = start(
+        ALLOW,
+        &directory_at(&slapd.ldaps_url(), &slapd, "on_error = \"refuse\""),
+        &up,
+    );
+    assert_eq!(signin(&gate, &up, "alice").await, REFUSED);
+    let (_, ready) = gate.admin_get("/readyz");
+    assert!(ready.contains("failing (on_error = refuse)"), "{ready}");
+    assert!(ready.to_lowercase().contains("certificate"), "{ready}");
 }
