@@ -603,6 +603,61 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("drop")]);
     }
 
+    fn url_rules(feeds: &[(&str, &str, &str)]) -> stsgate_rules::RuleSet {
+        let mut text = String::from("[request_blocking]\nuse_adaptive = true\n");
+        for (name, url, refresh) in feeds {
+            text.push_str(&format!(
+                "[[adaptive.threat.feeds]]\nname = \"{name}\"\nurl = \"{url}\"\nrefresh = \"{refresh}\"\nrisk = \"high\"\n"
+            ));
+        }
+        stsgate_rules::RuleSet::compile("r.toml", &text, &stsgate_rules::NoFeeds).unwrap()
+    }
+
+    #[test]
+    fn the_schedule_follows_the_rules() {
+        let metrics = Metrics::new();
+        let mut s = HashMap::new();
+        let t0 = Instant::now();
+        let a = "https://a.example/x";
+        follow(
+            &mut s,
+            &url_rules(&[("a", a, "1h"), ("b", a, "1h")]),
+            t0,
+            &metrics,
+        );
+        assert_eq!(s.len(), 2);
+        assert!(
+            s.values().all(|x| x.next == t0 && !x.running),
+            "new feeds are due at once"
+        );
+        for x in s.values_mut() {
+            x.next = t0 + Duration::from_secs(3600);
+        }
+        // a: a shorter refresh brings it closer; b: another URL is due at once; c: new; gone ones forgotten.
+        let t1 = t0 + Duration::from_secs(10);
+        follow(
+            &mut s,
+            &url_rules(&[
+                ("a", a, "1m"),
+                ("b", "https://b.example/y", "1h"),
+                ("c", a, "1h"),
+            ]),
+            t1,
+            &metrics,
+        );
+        assert_eq!(s["a"].next, t1 + Duration::from_secs(60));
+        assert_eq!(s["b"].next, t1);
+        assert_eq!(s["b"].fetch.url, "https://b.example/y");
+        assert_eq!(s["c"].next, t1);
+        follow(&mut s, &url_rules(&[("c", a, "1h")]), t1, &metrics);
+        assert_eq!(s.keys().collect::<Vec<_>>(), vec!["c"]);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains("stsgate_feed_reloads_total{feed=\"b\",result=\"failure\"} 0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_file_without_the_header_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
