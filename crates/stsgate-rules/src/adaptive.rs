@@ -191,12 +191,7 @@ impl IpCountry {
         match &self.restricted {
             Restricted::Ip(list) => {
                 let (fires, entry) = list.fires(facts.hops());
-                (
-                    fires,
-                    crate::blocking::rule_name(list.rule),
-                    entry,
-                    Detail::None,
-                )
+                (fires, list.rule.as_str(), entry, Detail::None)
             }
             Restricted::Country {
                 rule,
@@ -207,12 +202,7 @@ impl IpCountry {
                 let listed = codes.contains(&country);
                 let entry = entries.iter().find(|(c, _)| *c == country).map(|(_, e)| e);
                 let fires = listed == (*rule == ListRule::Deny);
-                (
-                    fires,
-                    crate::blocking::rule_name(*rule),
-                    entry,
-                    Detail::Country(country),
-                )
+                (fires, rule.as_str(), entry, Detail::Country(country))
             }
             Restricted::Asn {
                 rule,
@@ -222,12 +212,7 @@ impl IpCountry {
                 let asn = facts.asn.unwrap_or(0);
                 let entry = numbers.get(&asn).map(|&i| &entries[i].1);
                 let fires = entry.is_some() == (*rule == ListRule::Deny);
-                (
-                    fires,
-                    crate::blocking::rule_name(*rule),
-                    entry,
-                    Detail::Asn(asn),
-                )
+                (fires, rule.as_str(), entry, Detail::Asn(asn))
             }
         }
     }
@@ -555,7 +540,7 @@ impl Adaptive {
         for (stage, check) in self.checks() {
             let check = match check {
                 None => {
-                    trace.step(crate::blocking::step(
+                    trace.step(Step::new(
                         stage,
                         Outcome::NotConfigured,
                         None,
@@ -565,7 +550,7 @@ impl Adaptive {
                     continue;
                 }
                 Some(c) if !c.enabled() => {
-                    trace.step(crate::blocking::step(
+                    trace.step(Step::new(
                         stage,
                         Outcome::Disabled,
                         None,
@@ -580,13 +565,7 @@ impl Adaptive {
             let Some(action) = look.action else {
                 trace.step(Step {
                     detail: look.detail,
-                    ..crate::blocking::step(
-                        stage,
-                        Outcome::Passed,
-                        look.list,
-                        look.entry,
-                        look.note,
-                    )
+                    ..Step::new(stage, Outcome::Passed, look.list, look.entry, look.note)
                 });
                 continue;
             };

@@ -70,7 +70,7 @@ impl RequestBlocking {
         trace: &mut impl Trace<'r>,
     ) -> Option<Decision<'r>> {
         if !self.enabled {
-            trace.step(step(
+            trace.step(Step::new(
                 Stage::Ip,
                 Outcome::Disabled,
                 None,
@@ -103,7 +103,7 @@ impl RequestBlocking {
             .zip(sections)
         {
             let Some((stage, rule, (fires, entry))) = section else {
-                trace.step(step(
+                trace.step(Step::new(
                     stage,
                     Outcome::NotConfigured,
                     None,
@@ -112,7 +112,7 @@ impl RequestBlocking {
                 ));
                 continue;
             };
-            let list = rule_name(rule);
+            let list = rule.as_str();
             configured += 1;
             if fires {
                 blocking += 1;
@@ -129,7 +129,7 @@ impl RequestBlocking {
             } else {
                 Outcome::Passed
             };
-            trace.step(step(stage, outcome, Some(list), entry, note));
+            trace.step(Step::new(stage, outcome, Some(list), entry, note));
         }
         let refused = match self.logic {
             Logic::Or => blocking > 0,
@@ -152,30 +152,5 @@ impl RequestBlocking {
             step_up: false,
             redirect_url: None,
         })
-    }
-}
-
-pub(crate) fn rule_name(rule: crate::ListRule) -> &'static str {
-    match rule {
-        crate::ListRule::Allow => "allow",
-        crate::ListRule::Deny => "deny",
-    }
-}
-
-pub(crate) fn step<'r>(
-    stage: Stage,
-    outcome: Outcome,
-    list: Option<&'r str>,
-    entry: Option<&'r Entry>,
-    note: &'static str,
-) -> Step<'r> {
-    Step {
-        stage,
-        outcome,
-        list,
-        entry,
-        action: None,
-        note,
-        detail: crate::decision::Detail::None,
     }
 }

@@ -503,6 +503,27 @@ pub struct Step<'r> {
     pub detail: Detail,
 }
 
+impl<'r> Step<'r> {
+    /// A step that asks for no action and shows no detail.
+    pub const fn new(
+        stage: Stage,
+        outcome: Outcome,
+        list: Option<&'r str>,
+        entry: Option<&'r Entry>,
+        note: &'static str,
+    ) -> Step<'r> {
+        Step {
+            stage,
+            outcome,
+            list,
+            entry,
+            action: None,
+            note,
+            detail: Detail::None,
+        }
+    }
+}
+
 /// What a check computed, for `explain`: small and `Copy`, so the gate's
 /// trace stays allocation-free.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

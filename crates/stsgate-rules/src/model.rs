@@ -272,6 +272,16 @@ pub enum ListRule {
     Deny,
 }
 
+impl ListRule {
+    /// The name used in the rule file, logs and traces: `allow` / `deny`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ListRule::Allow => "allow",
+            ListRule::Deny => "deny",
+        }
+    }
+}
+
 /// How request blocking sections combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,8 +7,8 @@ use crate::adaptive::{
     Adaptive, AdaptiveOutcome, AnonymousIp, FeedSource, GeoVelocity, IpCountry, Restricted, Threat,
     UserGroup,
 };
-use crate::blocking::{RequestBlocking, rule_name, step};
-use crate::decision::{Decision, Facts, Outcome, Stage, Trace};
+use crate::blocking::RequestBlocking;
+use crate::decision::{Decision, Facts, Outcome, Stage, Step, Trace};
 use crate::error::SourceError;
 use crate::lists::Compiler;
 use crate::model::{Mode, RawRules};
@@ -278,7 +278,7 @@ impl RuleSet {
         if self.use_adaptive {
             match self.adaptive.decide(facts, trace) {
                 AdaptiveOutcome::Final(d) => {
-                    trace.step(step(
+                    trace.step(Step::new(
                         Stage::Ip,
                         Outcome::Skipped,
                         None,
@@ -297,7 +297,7 @@ impl RuleSet {
                 AdaptiveOutcome::Continue(d) => decision = d.unwrap_or(decision),
             }
         } else {
-            trace.step(step(
+            trace.step(Step::new(
                 Stage::IpCountry,
                 Outcome::Disabled,
                 None,
@@ -306,7 +306,7 @@ impl RuleSet {
             ));
         }
         if !run_blocking {
-            trace.step(step(
+            trace.step(Step::new(
                 Stage::Ip,
                 Outcome::Skipped,
                 None,
@@ -350,7 +350,7 @@ impl RuleSet {
             if let Some(l) = list {
                 lines.push(format!(
                     "request_blocking.{name}: {} list, {}",
-                    rule_name(l.rule),
+                    l.rule.as_str(),
                     entries(l.len())
                 ));
             }
@@ -360,7 +360,7 @@ impl RuleSet {
                 1,
                 format!(
                     "request_blocking.ip: {} list, {}",
-                    rule_name(l.rule),
+                    l.rule.as_str(),
                     entries(l.len())
                 ),
             );
@@ -374,7 +374,7 @@ impl RuleSet {
             lines.push(format!(
                 "adaptive.ip_country: {}, {kind} {} list, {}, failure_action {}",
                 if c.enabled { "enabled" } else { "disabled" },
-                rule_name(rule),
+                rule.as_str(),
                 entries(n),
                 crate::Action::from(c.action).as_str(),
             ));
@@ -408,7 +408,7 @@ impl RuleSet {
             lines.push(format!(
                 "adaptive.user_group: {}, {} list, users {}, groups {}, failure_action {}",
                 enabled(u.enabled),
-                rule_name(u.rule),
+                u.rule.as_str(),
                 u.user_entries.len(),
                 u.group_entries.len(),
                 crate::Action::from(u.action).as_str(),

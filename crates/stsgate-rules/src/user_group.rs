@@ -189,7 +189,7 @@ impl Check for UserGroup {
     }
 
     fn look<'r>(&'r self, facts: &Facts<'_>) -> Look<'r> {
-        let list = crate::blocking::rule_name(self.rule);
+        let list = self.rule.as_str();
         let deny = self.rule == ListRule::Deny;
         let Some(user) = facts.user else {
             return self.says(list, None, !deny, "no user in the request");

@@ -1261,4 +1261,82 @@ mod tests {
             Stage::None
         );
     }
+
+    #[test]
+    fn last_signin_learned_kept_and_restored() {
+        let g = Guard::new();
+        let london = Place {
+            latitude: 51.5142,
+            longitude: -0.0931,
+            accuracy_km: 10,
+        };
+        let now = crate::block::now_ms();
+        // A success with a place is remembered, even without [lockout]
+        // (no familiar IPs then); a failure teaches no place.
+        let mut l = lesson("Ann@X", 1, "81.2.69.142", SignIn::Success, now);
+        l.place = Some(london);
+        g.learn(&l, None, None);
+        let mut failed = lesson("ann@x", 2, "89.160.20.112", SignIn::Failure, now + 5);
+        failed.place = Some(Place {
+            latitude: 58.4,
+            longitude: 15.6,
+            accuracy_km: 76,
+        });
+        g.learn(&failed, None, None);
+        let at = [ip("81.2.69.142")];
+        assert_eq!(
+            g.travel("ann@x", &at, now + 10),
+            (
+                Some(SignedIn {
+                    place: london,
+                    at_ms: now
+                }),
+                false
+            )
+        );
+        // A late lesson (from another instance) does not move it back in time.
+        let mut older = lesson("ann@x", 1, "10.0.0.1", SignIn::Success, now - 1000);
+        older.place = Some(Place {
+            latitude: 0.0,
+            longitude: 0.0,
+            accuracy_km: 1,
+        });
+        g.learn(&older, None, None);
+        assert_eq!(g.travel("ANN@x", &at, now).0.unwrap().place, london);
+        // With lockout the IP becomes familiar too.
+        g.learn(&l, Some(&lockout()), None);
+        assert!(g.travel("ann@x", &at, now + 10).1);
+        // Written and read back; a record written before `last` existed loads.
+        let records: Vec<crate::store::Record> = g
+            .snapshot()
+            .into_iter()
+            .filter_map(|c| match c {
+                crate::store::Change::Put(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert!(records[0].expires_at_ms >= now + ms(LAST_SIGNIN_KEPT));
+        let restored = Guard::new();
+        assert_eq!(restored.restore(&records), 1);
+        assert_eq!(
+            restored.travel("ann@x", &at, now + 10).0.unwrap().place,
+            london
+        );
+        let old = crate::store::Record {
+            ns: crate::store::Namespace::Users,
+            key: "old@x".into(),
+            value: br#"{"familiar":[["10.0.0.1",99999999999999]],"unfamiliar":{"n":0,"last_ms":0},"familiar_count":{"n":0,"last_ms":0},"wrong":[],"good":null,"alerted":false}"#.to_vec(),
+            expires_at_ms: u64::MAX,
+        };
+        let g = Guard::new();
+        assert_eq!(g.restore(&[old]), 1, "a record without `last` loads");
+        assert_eq!(g.travel("old@x", &[ip("10.0.0.1")], now), (None, true));
+        // Purged only once the last sign-in is older than LAST_SIGNIN_KEPT.
+        let g = Guard::new();
+        g.learn(&l, None, None);
+        g.purge(None, None, now + ms(LAST_SIGNIN_KEPT) - 1);
+        assert!(g.travel("ann@x", &at, now).0.is_some());
+        g.purge(None, None, now + ms(LAST_SIGNIN_KEPT));
+        assert!(g.travel("ann@x", &at, now).0.is_none());
+    }
 }

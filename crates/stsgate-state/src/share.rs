@@ -599,6 +599,22 @@ mod tests {
         assert!(json.get("password_key").is_none());
         assert_eq!(serde_json::from_value::<Lesson>(json).unwrap(), none);
         assert!(serde_json::from_str::<Lesson>(r#"{"user":"a","password_key":"zz","locations":[],"client_ip":"192.0.2.1","result":"failure","now_ms":1}"#).is_err());
+        // Geo-velocity's place travels with a success; lessons of older
+        // instances (no "place") still parse.
+        let placed = Lesson {
+            place: Some(stsgate_rules::Place {
+                latitude: 51.5142,
+                longitude: -0.0931,
+                accuracy_km: 10,
+            }),
+            ..none
+        };
+        let json = serde_json::to_value(&placed).unwrap();
+        assert_eq!(
+            json["place"],
+            serde_json::json!({"latitude": 51.5142, "longitude": -0.0931, "accuracy_km": 10})
+        );
+        assert_eq!(serde_json::from_value::<Lesson>(json).unwrap(), placed);
     }
 
     #[test]
