@@ -489,3 +489,32 @@ async fn the_page_is_hardened_and_off_where_it_should_be() {
     let gate = start(&upstream, "0.0.0.0:0", "ui = true");
     assert!(get_all(&gate, "/ui").starts_with("http/1.1 200"));
 }
+
+#[test]
+fn check_reports_a_bad_read_token_file_where_it_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::write(dir.path().join("rules/wstrust.toml"), RULES).unwrap();
+    std::fs::write(dir.path().join("admin.token"), "same-token\n").unwrap();
+    std::fs::write(dir.path().join("same.token"), "same-token\n").unwrap();
+    let config = dir.path().join("stsgate.toml");
+    let shown = config.display().to_string();
+    for (file, problem) in [
+        ("missing.token", "admin.read_token_file: cannot read"),
+        ("same.token", "the read-only token is the admin token"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "rules = \"rules/wstrust.toml\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[admin]\ntoken_file = \"admin.token\"\nread_token_file = \"{file}\"\nui = true\n"
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = stsgate(&["check", "--config", &shown]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("{shown}:6:19: ")) && err.contains(problem),
+            "{err}"
+        );
+    }
+}
