@@ -145,15 +145,12 @@ impl Client {
             .map_err(error)?;
         ldap3::drive!(driver);
         ldap.with_timeout(self.op_timeout);
-        match (&self.settings.bind_dn, &self.password) {
-            (Some(dn), Some(pw)) => {
-                ldap.simple_bind(dn, pw)
-                    .await
-                    .map_err(error)?
-                    .success()
-                    .map_err(|e| error(format!("bind as {dn} refused: {e}")))?;
-            }
-            _ => {}
+        if let (Some(dn), Some(pw)) = (&self.settings.bind_dn, &self.password) {
+            ldap.simple_bind(dn, pw)
+                .await
+                .map_err(error)?
+                .success()
+                .map_err(|e| error(format!("bind as {dn} refused: {e}")))?;
         }
         // Active Directory announces itself in the root DSE.
         let (entries, _) = ldap

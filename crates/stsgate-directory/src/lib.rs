@@ -73,6 +73,10 @@ pub const DEFAULT_CACHE_FOR: Duration = Duration::from_secs(15 * 60);
 /// The shortest bound of one LDAP query in the background (a request stops
 /// waiting at `timeout`; the query may take this long to fill the cache).
 pub const MIN_QUERY_BOUND: Duration = Duration::from_secs(5);
+/// Most queries under way at once (many distinct users at once, a spray
+/// of made-up names, must not become a flood on the domain controllers):
+/// a lookup beyond them is answered at once as an error.
+pub const MAX_QUERIES: usize = 64;
 
 impl Settings {
     /// The service account's password: the first line of `password_file`.
@@ -144,7 +148,8 @@ pub enum Error {
 /// `stsgate_directory_lookup_duration_seconds`.
 ///
 /// `result`: `found`, `not_found`, `error` — queries made to the directory,
-/// by their answer (each also observed in the histogram); `hit` — requests
+/// by their answer (each also observed in the histogram; `error` also
+/// counts lookups refused because [`MAX_QUERIES`] were under way); `hit` — requests
 /// answered from the cache; `coalesced` — requests that waited for a query
 /// already under way for the same user; `timeout` — requests that stopped
 /// waiting at `directory.timeout` (the query goes on and counts its own
@@ -212,6 +217,7 @@ struct Inner {
     metrics: DirectoryMetrics,
     health: Mutex<Health>,
     query_bound: Duration,
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 /// The directory: ask it with [`Directory::groups`]. Cheap to clone.
@@ -262,6 +268,7 @@ impl Directory {
                 metrics,
                 health: Mutex::new(Health::Unknown),
                 query_bound,
+                queries: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES)),
             }),
             runtime: Arc::new(Runtime(Some(runtime))),
         })
@@ -289,11 +296,22 @@ impl Directory {
                 waiter
             }
             Lookup::Started(pending, waiter) => {
+                let Ok(permit) = self.inner.queries.clone().try_acquire_owned() else {
+                    self.inner.metrics.error.inc();
+                    let busy = Answer::Unavailable(Unavailable::Error(
+                        format!("{MAX_QUERIES} directory queries under way").into(),
+                    ));
+                    self.inner
+                        .cache
+                        .finish(pending, busy.clone(), Instant::now());
+                    return busy;
+                };
                 let inner = self.inner.clone();
                 let name = name.to_string();
                 self.handle().spawn(async move {
                     let answer = inner.query(&name).await;
                     inner.cache.finish(pending, answer, Instant::now());
+                    drop(permit);
                 });
                 waiter
             }

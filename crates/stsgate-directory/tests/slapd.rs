@@ -198,3 +198,34 @@ async fn a_wrong_bind_password_is_an_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn queries_under_way_are_bounded() {
+    let mut s = Slapd::start();
+    let (d, registry) = directory(settings(&s));
+    assert_eq!(d.groups("mallory").await, Answer::NoSuchUser);
+    s.pause();
+    let asks: Vec<_> = (0..stsgate_directory::MAX_QUERIES)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move { d.groups(&format!("user{i}")).await })
+        })
+        .collect();
+    while d.cached_users() < 1 + stsgate_directory::MAX_QUERIES {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One more user: answered at once, no query made.
+    match d.groups("one-too-many").await {
+        Answer::Unavailable(Unavailable::Error(why)) => assert!(why.contains("under way"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(counted(&registry, "error"), 1);
+    s.resume();
+    for ask in asks {
+        assert_eq!(ask.await.unwrap(), Answer::NoSuchUser);
+    }
+    assert_eq!(
+        counted(&registry, "not_found"),
+        1 + stsgate_directory::MAX_QUERIES as u64
+    );
+}
