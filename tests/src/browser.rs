@@ -77,10 +77,10 @@ impl Browser {
         };
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok((200, v)) = browser.call("GET", "/status", None) {
-                if v["value"]["ready"] == true {
-                    break;
-                }
+            if let Ok((200, v)) = browser.call("GET", "/status", None)
+                && v["value"]["ready"] == true
+            {
+                break;
             }
             assert!(Instant::now() < deadline, "chromedriver never got ready");
             std::thread::sleep(Duration::from_millis(50));
@@ -199,10 +199,10 @@ impl Browser {
         loop {
             let full = format!("/session/{}/element", self.session);
             let body = json!({ "using": "css selector", "value": css });
-            if let Ok((200, v)) = self.call("POST", &full, Some(body)) {
-                if let Some(id) = v["value"][ELEMENT_KEY].as_str() {
-                    return Element(id.to_string());
-                }
+            if let Ok((200, v)) = self.call("POST", &full, Some(body))
+                && let Some(id) = v["value"][ELEMENT_KEY].as_str()
+            {
+                return Element(id.to_string());
             }
             assert!(Instant::now() < deadline, "no element {css:?} on the page");
             std::thread::sleep(Duration::from_millis(50));

@@ -271,8 +271,24 @@ async fn sign_in_views_and_every_action() {
     b.wait_text("#rules", "(admin-ui)");
     assert!(gate.wait_stderr("trigger=\"admin-ui\"") || gate.wait_stderr("trigger=admin-ui"));
 
-    // The main view, for the README.
+    // The main view, for the README, with some traffic: sign-ins that pass,
+    // and refusals of the blocked address.
+    for i in 1..=4 {
+        let from = format!("10.1.1.{i}");
+        assert_eq!(
+            signin(&gate, "erin@contoso.com", RIGHT_PASSWORD, &from, None).await,
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            signin(&gate, "erin@contoso.com", "guess", "198.51.100.23", None).await,
+            500
+        );
+    }
+    b.wait_text("#rates", "dynamic_block");
     std::thread::sleep(Duration::from_millis(3500));
+    b.run("window.scrollTo(0, 0)", json!([]));
     let png = b.screenshot();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     if let Ok(path) = std::env::var("STSGATE_UI_SCREENSHOT") {

@@ -674,8 +674,11 @@ fn origin(req: &Request<Incoming>) -> Option<String> {
     .then(|| o.to_ascii_lowercase())
 }
 
+/// A series' labels: (name, value) pairs.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 /// One sample line of the text format: name, labels, value.
-fn sample(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+fn sample(line: &str) -> Option<(&str, Labels<'_>, f64)> {
     if line.starts_with('#') {
         return None;
     }

@@ -245,6 +245,7 @@ stsgate demo is running.
   gate      http://{listen}   (rules: {d}/rules/example.toml, reloaded on save)
   demo STS  http://{sts}   (answers like ADFS; the password "demo" signs in)
   admin     http://{admin}/metrics  /healthz  /readyz  /api/v1/{{reload,blocks,lockouts,explain}}
+  page      http://{admin}/ui   (the admin page; its token is the first line of {d}/admin.token)
   files     {d}
 
 Try:
