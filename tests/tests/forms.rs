@@ -135,3 +135,50 @@ async fn a_plain_form_post_is_read_decided_and_learned() {
     assert!(got.text().contains(r#"value="grace@contoso.com""#));
     assert_eq!(up.count(), before, "refused at the gate");
 }
+
+#[tokio::test]
+async fn refusals_use_the_configured_page_and_check_reports_a_bad_one() {
+    let up = password_checking_sts().await;
+    let pages = tempfile::tempdir().unwrap();
+    let page = pages.path().join("signin.html");
+    std::fs::write(&page, "<html><form action=\"{action}\"><input name=\"UserName\" value=\"{username}\"><span id=\"errorText\">{error}</span></form></html>\n").unwrap();
+    let extra = format!("{EXTRA}forms_page = \"{}\"\n", page.display());
+    let gate = Gate::start(GateSpec {
+        extra: &extra,
+        ..GateSpec::new(RULES, &up)
+    });
+    let (status, _) = gate.api(
+        "POST",
+        "/api/v1/blocks",
+        Some(r#"{"user": "heidi@contoso.com", "ttl": "1h"}"#),
+    );
+    assert_eq!(status, 201);
+    let got = send(
+        &http_client(),
+        form_post(
+            &gate.url("/adfs/ls/?wa=wsignin1.0&a=%3Cb%3E"),
+            &[],
+            forms_body("heidi@contoso.com", "x"),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.text(),
+        format!(
+            "<html><form action=\"/adfs/ls/?wa=wsignin1.0&amp;a=%3Cb%3E\"><input name=\"UserName\" value=\"heidi@contoso.com\"><span id=\"errorText\">{FORMS_ERROR_TEXT}</span></form></html>\n"
+        )
+    );
+    assert_eq!(up.count(), 0);
+
+    // A page without {error}: `stsgate check` says where.
+    std::fs::write(&page, "<html>no placeholder</html>").unwrap();
+    let config = gate.dir.path().join("stsgate.toml");
+    let (code, out, err) = stsgate(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("stsgate.toml:") && text.contains("{error}"),
+        "{text}"
+    );
+}

@@ -56,13 +56,15 @@ pub fn blocked(style: BlockedStyle) -> Response<Body> {
 /// The blocked response on the endpoint of `protocol`: with `soap_fault`
 /// style, each endpoint's own failed sign-in (WS-Trust: the SOAP fault;
 /// ROPC: 400 `invalid_grant`, MSIS9659; forms: the sign-in page again with
-/// its error, posting back to `action`, the user name filled in);
-/// `forbidden` is 403 everywhere.
+/// its error, posting back to `action`, the user name filled in, from
+/// `page`: [`FORMS_PAGE`] or `blocked.forms_page`); `forbidden` is 403
+/// everywhere.
 pub fn blocked_for(
     style: BlockedStyle,
     protocol: Protocol,
     action: &str,
     user: Option<&str>,
+    page: &str,
 ) -> Response<Body> {
     match (style, protocol) {
         (BlockedStyle::Forbidden, _) | (_, Protocol::WsTrust) => blocked(style),
@@ -79,7 +81,12 @@ pub fn blocked_for(
             r
         }
         (BlockedStyle::SoapFault, Protocol::Forms) => {
-            let mut r = Response::new(full(forms_page(action, user.unwrap_or(""), FORMS_ERROR)));
+            let mut r = Response::new(full(fill_page(
+                page,
+                action,
+                user.unwrap_or(""),
+                FORMS_ERROR,
+            )));
             let h = r.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -109,11 +116,44 @@ pub const FORMS_CONTENT_TYPE: &str = "text/html; charset=utf-8";
 /// and `{error}` to fill in.
 pub const FORMS_PAGE: &str = include_str!("../../../testdata/forms/signin-page.html");
 
+/// Largest `blocked.forms_page` file.
+pub const MAX_FORMS_PAGE: u64 = 256 * 1024;
+
+/// Reads a `blocked.forms_page` file: UTF-8, at most [`MAX_FORMS_PAGE`]
+/// bytes, with an `{error}` placeholder (the error text is what clients and
+/// tools read). The message never holds the file's contents.
+pub fn read_forms_page(path: &std::path::Path) -> Result<String, String> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("blocked.forms_page {}: {e}", path.display()))?
+        .len();
+    if size > MAX_FORMS_PAGE {
+        return Err(format!(
+            "blocked.forms_page {}: {size} bytes, at most {MAX_FORMS_PAGE}",
+            path.display()
+        ));
+    }
+    let page = std::fs::read_to_string(path)
+        .map_err(|e| format!("blocked.forms_page {}: {e}", path.display()))?;
+    if !page.contains("{error}") {
+        return Err(format!(
+            "blocked.forms_page {}: no {{error}} placeholder (where the sign-in error goes)",
+            path.display()
+        ));
+    }
+    Ok(page)
+}
+
 /// The forms sign-in page posting to `action`, with `user` filled in and
 /// `error` shown; every value HTML-escaped.
 pub fn forms_page(action: &str, user: &str, error: &str) -> Bytes {
-    let mut out = String::with_capacity(FORMS_PAGE.len() + action.len() + user.len() + error.len());
-    let mut rest = FORMS_PAGE;
+    fill_page(FORMS_PAGE, action, user, error)
+}
+
+/// `page` with `{action}`, `{username}` and `{error}` replaced by the
+/// HTML-escaped values (any other `{` stays as it is).
+pub fn fill_page(page: &str, action: &str, user: &str, error: &str) -> Bytes {
+    let mut out = String::with_capacity(page.len() + action.len() + user.len() + error.len());
+    let mut rest = page;
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
@@ -221,13 +261,25 @@ mod tests {
 
     #[test]
     fn ropc_refusal_is_an_invalid_grant() {
-        let r = blocked_for(BlockedStyle::SoapFault, Protocol::OAuth2Ropc, "/", None);
+        let r = blocked_for(
+            BlockedStyle::SoapFault,
+            Protocol::OAuth2Ropc,
+            "/",
+            None,
+            FORMS_PAGE,
+        );
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             crate::signin::classify_ropc(400, ROPC_FAILURE.as_bytes()),
             crate::signin::Outcome::Failure
         );
-        let r = blocked_for(BlockedStyle::Forbidden, Protocol::Forms, "/", None);
+        let r = blocked_for(
+            BlockedStyle::Forbidden,
+            Protocol::Forms,
+            "/",
+            None,
+            FORMS_PAGE,
+        );
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
     }
 

@@ -37,6 +37,10 @@ pub struct Config {
     pub blocked: BlockedStyle,
     /// `blocked.delay`: how long a refusal waits before it is answered.
     pub blocked_delay: crate::delay::DelayMode,
+    /// `blocked.forms_page`: the forms sign-in page refusals answer with
+    /// (`{action}`, `{username}`, `{error}` filled in); absent: the
+    /// embedded page ([`crate::blocked::FORMS_PAGE`]).
+    pub blocked_forms_page: Option<PathBuf>,
     /// `[admin]`.
     pub admin: Admin,
     /// `[state]`.
@@ -388,6 +392,8 @@ struct RawBlocked {
     style: Option<BlockedStyle>,
     /// `"auto"` (default), a duration, or `"0s"`.
     delay: Option<Spanned<String>>,
+    /// An HTML file: the forms sign-in page refusals on `/adfs/ls` answer with.
+    forms_page: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -772,6 +778,11 @@ impl Config {
                     crate::delay::DelayMode::Auto
                 }),
             },
+            blocked_forms_page: raw
+                .blocked
+                .forms_page
+                .as_ref()
+                .map(|p| v.file("blocked.forms_page", p)),
             admin,
             state: State {
                 dir: raw

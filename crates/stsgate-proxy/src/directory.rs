@@ -87,7 +87,7 @@ pub fn describe(answer: &Answer) -> String {
         Answer::Found(groups) if groups.is_empty() => "found, in no group".to_string(),
         Answer::Found(groups) => format!("found, in {}", groups.join("; ")),
         Answer::NoSuchUser => "no such user in the directory".to_string(),
-        Answer::Unavailable(why) => format!("unavailable: {why}"),
+        Answer::Unavailable(why) => format!("directory unavailable: {why}"),
     }
 }
 
@@ -96,11 +96,11 @@ pub fn describe(answer: &Answer) -> String {
 /// groups would change nothing).
 pub fn wanted(rules: &RuleSet, user: &str) -> bool {
     rules.needs_groups()
-        && rules
+        && !rules
             .adaptive
             .user_group
             .as_ref()
-            .is_none_or(|g| g.user_entry(user).is_none())
+            .is_some_and(|g| g.user_entry(user).is_some())
 }
 
 /// The directory's `/readyz` line (never a reason to be unready:

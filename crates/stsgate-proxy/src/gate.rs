@@ -88,6 +88,9 @@ pub struct Gate {
     geoip: Option<Arc<GeoIp>>,
     /// Gate state (stage 2).
     pub state: Arc<GateState>,
+    /// The forms sign-in page refusals answer with (`blocked.forms_page`,
+    /// else the embedded one).
+    forms_page: Arc<str>,
     /// How long refusals wait (drawn from the STS's failed sign-in
     /// latencies), one per protocol (indexed by `Protocol as usize`).
     delay: Arc<[crate::delay::RefusalDelay; 3]>,
@@ -110,8 +113,20 @@ impl Gate {
         let delay = Arc::new(std::array::from_fn(|_| {
             crate::delay::RefusalDelay::new(config.blocked_delay)
         }));
+        let forms_page = match config.blocked_forms_page.as_deref() {
+            None => Arc::from(blocked::FORMS_PAGE),
+            Some(path) => match blocked::read_forms_page(path) {
+                Ok(page) => Arc::from(page),
+                Err(message) => {
+                    // Checked at start (preflight); gone since: the embedded page.
+                    tracing::error!(%message, "forms refusal page: the embedded one is used");
+                    Arc::from(blocked::FORMS_PAGE)
+                }
+            },
+        };
         Gate {
             delay,
+            forms_page,
             config,
             rules,
             metrics,
@@ -136,6 +151,7 @@ impl Gate {
             geoip: self.geoip.clone(),
             state: self.state.clone(),
             delay: self.delay.clone(),
+            forms_page: self.forms_page.clone(),
             directory: self.directory.clone(),
         })
     }
@@ -295,6 +311,7 @@ impl Gate {
                     protocol,
                     action,
                     request.user.as_deref(),
+                    &self.forms_page,
                 )
             }
             Action::Redirect => blocked::answer(Refusal::Redirect(

@@ -72,6 +72,11 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
                 None
             }
         });
+    if let Some(path) = &config.blocked_forms_page {
+        if let Err(message) = crate::blocked::read_forms_page(path) {
+            errors.push(at("blocked.forms_page", message));
+        }
+    }
     let key = "admin.read_token_file";
     let admin_read_token = config
         .admin

@@ -429,16 +429,37 @@ mod tests {
     #[test]
     fn ropc_bodies() {
         let h = form();
-        #[rustfmt::skip]
-        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
-            ("grant_type=password&username=alice%40contoso.com&password=p%26ss+word&client_id=x", Some(("alice@contoso.com", Some("p&ss word")))),
-            ("client_id=x&password=pw&username=bob&grant_type=password", Some(("bob", Some("pw")))),
+        type Case<'a> = (&'a str, Option<(&'a str, Option<&'a str>)>);
+        let cases: &[Case<'_>] = &[
+            (
+                "grant_type=password&username=alice%40contoso.com&password=p%26ss+word&client_id=x",
+                Some(("alice@contoso.com", Some("p&ss word"))),
+            ),
+            (
+                "client_id=x&password=pw&username=bob&grant_type=password",
+                Some(("bob", Some("pw"))),
+            ),
             ("grant_type=password&username=bob", Some(("bob", None))),
-            ("GRANT_TYPE=Password&UserName=bob&Password=", Some(("bob", Some("")))),
-            ("grant_type=password&username=%20%20bob+&password=x", Some(("bob", Some("x")))),
-            ("grant_type=password&username=d%C3%A9j%C3%A0&password=x", Some(("déjà", Some("x")))),
-            ("grant_type=password&user%6Eame=carol&password=x", Some(("carol", Some("x")))),
-            ("grant_type=refresh_token&refresh_token=x&username=bob&password=x", None),
+            (
+                "GRANT_TYPE=Password&UserName=bob&Password=",
+                Some(("bob", Some(""))),
+            ),
+            (
+                "grant_type=password&username=%20%20bob+&password=x",
+                Some(("bob", Some("x"))),
+            ),
+            (
+                "grant_type=password&username=d%C3%A9j%C3%A0&password=x",
+                Some(("déjà", Some("x"))),
+            ),
+            (
+                "grant_type=password&user%6Eame=carol&password=x",
+                Some(("carol", Some("x"))),
+            ),
+            (
+                "grant_type=refresh_token&refresh_token=x&username=bob&password=x",
+                None,
+            ),
             ("username=bob&password=x", None),
             ("grant_type=password&username=&password=x", None),
             ("grant_type=password&password=x", None),
