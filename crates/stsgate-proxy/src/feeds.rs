@@ -166,7 +166,7 @@ impl FeedStore {
             }
         };
         if stored.url != url {
-            tracing::info!(feed = name, stored = %stored.url, url, "the stored copy of a threat feed is from another URL: ignored");
+            tracing::info!(feed = name, stored = %shown(&stored.url), url = %shown(url), "the stored copy of a threat feed is from another URL: ignored");
             return None;
         }
         tracing::info!(feed = name, file = %path.display(), fetched_at = %stored.fetched_at, "threat feed: using the stored copy until the next download");
@@ -234,6 +234,11 @@ pub fn readyz_lines(rules: &Rules) -> String {
         }
     }
     out
+}
+
+/// A feed URL as logged: without its query, which may hold an API key.
+fn shown(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(base, _)| base)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -412,7 +417,7 @@ async fn fetch_once(
     };
     let failed = |why: String| {
         let kept = held.as_ref().map_or(0, |h| h.entries);
-        tracing::warn!(feed = name, url = %fetch.url, error = %why, entries_kept = kept, "threat feed download failed: the last good list is kept");
+        tracing::warn!(feed = name, url = %shown(&fetch.url), error = %why, entries_kept = kept, "threat feed download failed: the last good list is kept");
         store.failed(name, why);
         FeedResult::Failure
     };
@@ -458,7 +463,7 @@ async fn fetch_once(
         tracing::debug!(feed = name, "threat feed downloaded again, unchanged");
         FeedResult::NotModified
     } else {
-        tracing::info!(feed = name, url = %fetch.url, entries = count.entries, skipped_lines = count.bad_lines, "threat feed downloaded: reloading the rules");
+        tracing::info!(feed = name, url = %shown(&fetch.url), entries = count.entries, skipped_lines = count.bad_lines, "threat feed downloaded: reloading the rules");
         FeedResult::Success
     }
 }
