@@ -729,3 +729,26 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     );
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn samples_of_the_text_format() {
+        assert_eq!(
+            sample(r#"stsgate_decisions_total{action="refuse",stage="ip"} 42"#),
+            Some((
+                "stsgate_decisions_total",
+                vec![("action", "refuse"), ("stage", "ip")],
+                42.0
+            ))
+        );
+        assert_eq!(
+            sample("stsgate_users_locked 3"),
+            Some(("stsgate_users_locked", vec![], 3.0))
+        );
+        assert_eq!(sample("# HELP stsgate_users_locked Users."), None);
+        assert_eq!(sample("garbage"), None);
+    }
+}
