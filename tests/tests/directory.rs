@@ -284,6 +284,12 @@ fn check_wants_a_directory_for_groups() {
     std::fs::write(dir.path().join("missing.secret"), "pw\n").unwrap();
     let (code, out, err) = stsgate(&["check", "--config", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "directory ldap://127.0.0.1:1: base dc=corp, timeout 300ms, cache_for 15m, on_error continue"
+        ),
+        "{out}"
+    );
 }
 
 fn promtool_check(body: &str) {
@@ -381,7 +387,7 @@ async fn explain_shows_the_groups_found_or_why_not() {
     );
     slapd.stop();
     let out = explain("alice");
-    assert!(out.contains("directory directory unavailable:"), "{out}");
+    assert!(out.contains("directory unavailable:"), "{out}");
     assert!(out.contains("user_group"), "{out}");
 }
 

@@ -40,6 +40,16 @@ pub enum OnError {
     Refuse,
 }
 
+impl OnError {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Continue => "continue",
+            OnError::Refuse => "refuse",
+        }
+    }
+}
+
 /// `[directory]`, validated (see the README for each key).
 #[derive(Debug, Clone)]
 pub struct Settings {

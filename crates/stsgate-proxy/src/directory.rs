@@ -87,7 +87,7 @@ pub fn describe(answer: &Answer) -> String {
         Answer::Found(groups) if groups.is_empty() => "found, in no group".to_string(),
         Answer::Found(groups) => format!("found, in {}", groups.join("; ")),
         Answer::NoSuchUser => "no such user in the directory".to_string(),
-        Answer::Unavailable(why) => format!("directory unavailable: {why}"),
+        Answer::Unavailable(why) => format!("unavailable: {why}"),
     }
 }
 
@@ -96,11 +96,11 @@ pub fn describe(answer: &Answer) -> String {
 /// groups would change nothing).
 pub fn wanted(rules: &RuleSet, user: &str) -> bool {
     rules.needs_groups()
-        && !rules
+        && rules
             .adaptive
             .user_group
             .as_ref()
-            .is_some_and(|g| g.user_entry(user).is_some())
+            .is_none_or(|g| g.user_entry(user).is_none())
 }
 
 /// The directory's `/readyz` line (never a reason to be unready:
@@ -111,11 +111,8 @@ pub fn readyz_line(directory: &Directory) -> String {
         stsgate_directory::Health::Unknown => format!("directory {url}: not asked yet\n"),
         stsgate_directory::Health::Ok => format!("directory {url}: ok\n"),
         stsgate_directory::Health::Failing(why) => {
-            let then = match directory.settings().on_error {
-                OnError::Continue => "on_error = continue",
-                OnError::Refuse => "on_error = refuse",
-            };
-            format!("directory {url}: failing ({then}): {why}\n")
+            let then = directory.settings().on_error.as_str();
+            format!("directory {url}: failing (on_error = {then}): {why}\n")
         }
     }
 }

@@ -161,6 +161,16 @@ fn run(path: &Path) -> Report {
             config.upstream.url,
             config.admin.addr
         ));
+        if let Some(d) = &config.directory {
+            report.summary.push(format!(
+                "directory {}: base {}, timeout {}, cache_for {}, on_error {}",
+                d.url,
+                d.base_dn,
+                humantime::format_duration(d.timeout),
+                humantime::format_duration(d.cache_for),
+                d.on_error.as_str()
+            ));
+        }
         report
             .summary
             .push(format!("rules {}:", config.rules.display()));
