@@ -206,6 +206,15 @@ async fn failed_downloads_keep_the_last_good_list_and_a_new_list_is_picked_up() 
     let stored = std::fs::read_to_string(gate.dir.path().join("state/feeds").join(FEED)).unwrap();
     assert!(stored.starts_with("# stsgate-feed {"), "{stored}");
     assert!(stored.ends_with("\n192.0.2.0/24\n"), "{stored}");
+
+    // A list of many entries, then an empty download: refused as a failure.
+    let many: String = (1..=12).map(|i| format!("192.0.2.{i}\n")).collect();
+    server.publish(&many);
+    wait_feed(&gate, "success", 3.0);
+    server.publish("# nothing listed\n");
+    wait_feed(&gate, "failure", failures + 1.0);
+    assert!(gate.wait_stderr("no entries, where the last good list had 12"));
+    assert_eq!(sign_in(&gate, "192.0.2.7"), 500, "the list of 12 is kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,6 +225,7 @@ async fn a_restart_without_the_feed_server_refuses_from_the_stored_copy() {
     let (gate, _ca) = start(&server, &certs, &upstream);
     wait_feed(&gate, "success", 1.0);
     wait_status(&gate, "198.51.100.20", 500);
+    let server_url = server.url("/c2.txt");
     server.stop();
 
     let gate = gate.restart(false);
@@ -237,7 +247,8 @@ async fn a_restart_without_the_feed_server_refuses_from_the_stored_copy() {
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains(&format!(
-            "adaptive.threat.feeds.{FEED}: high risk, 2 entries"
+            "adaptive.threat.feeds.{FEED}: high risk, 2 entries from {} (last good download; every 1s), category botnet",
+            server_url
         )),
         "{out}"
     );
