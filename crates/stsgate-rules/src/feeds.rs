@@ -380,6 +380,14 @@ category = "scanner"
                 .fetch
                 .is_none()
         );
+        let summary = r.summary().join("\n");
+        for line in [
+            "adaptive.threat.feeds.c2: high risk, 1 entry from https://feeds.example.net/c2.txt (last good download; every 10m), category botnet",
+            "adaptive.threat.feeds.late: low risk, 0 entries from https://feeds.example.net/late.txt (no download yet; every 1h)",
+            "adaptive.threat.feeds.local: medium risk, 1 entry from feeds/local.txt, category scanner",
+        ] {
+            assert!(summary.contains(line), "{line}\n{summary}");
+        }
         let d = r.decide(&Facts::new("198.51.100.7".parse().unwrap()));
         assert_eq!(
             (d.stage, d.action, d.list),

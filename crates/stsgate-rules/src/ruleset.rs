@@ -395,13 +395,25 @@ impl RuleSet {
                 entries(t.whitelist.len())
             ));
             for f in &t.feeds {
-                lines.push(format!(
+                let mut line = format!(
                     "adaptive.threat.feeds.{}: {} risk, {} from {}",
                     f.name,
                     f.risk.as_str(),
                     entries(f.entries),
                     f.path
-                ));
+                );
+                if let Some(fetch) = &f.fetch {
+                    let refresh = humantime::format_duration(fetch.refresh);
+                    line.push_str(&if f.pending {
+                        format!(" (no download yet; every {refresh})")
+                    } else {
+                        format!(" (last good download; every {refresh})")
+                    });
+                }
+                if let Some(c) = &f.category {
+                    line.push_str(&format!(", category {c}"));
+                }
+                lines.push(line);
             }
         }
         if let Some(u) = &self.adaptive.user_group {
