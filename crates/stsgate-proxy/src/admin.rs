@@ -190,6 +190,9 @@ impl Admin {
                 )),
             }
         }
+        // URL threat feeds: never a reason to be unready (the gate decides
+        // with the lists it has), but said here.
+        body.push_str(&crate::feeds::readyz_lines(&self.gate.rules));
         if let Some(d) = self.gate.directory() {
             body.push_str(&crate::directory::readyz_line(d));
         }
