@@ -443,7 +443,10 @@ fn explain_prints_each_stage_and_the_matching_entry() {
             "lockout",
             "spray",
             "ip_country",
+            "anonymous_ip",
             "threat",
+            "user_group",
+            "geo_velocity",
             "ip",
             "application",
             "user_agent"
@@ -451,9 +454,9 @@ fn explain_prints_each_stage_and_the_matching_entry() {
         "stage 2 first, then the rules, in corridor order: {j}"
     );
     assert_eq!(steps[0]["outcome"], "passed");
-    assert_eq!(steps[5]["outcome"], "fired");
-    assert_eq!(steps[5]["entry"]["line"], 7);
-    assert_eq!(steps[6]["outcome"], "passed");
+    assert_eq!(steps[8]["outcome"], "fired");
+    assert_eq!(steps[8]["entry"]["line"], 7);
+    assert_eq!(steps[9]["outcome"], "passed");
 
     // the adaptive check decides before request blocking
     let j = s.explain_json(&["--ip", "198.51.100.9", "-H", ACTIVESYNC]);
