@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use stsgate_rules::{Country, Facts, FeedSource, RuleSet, Step};
+use stsgate_rules::{
+    Anonymous, Country, Facts, FeedSource, Groups, Place, RuleSet, SignedIn, Step,
+};
 
 const PATH: &str = "fuzz.toml";
 
@@ -69,7 +71,14 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             let _ = rules.summary();
-            let _ = rules.needs_country();
+            let _ = (
+                rules.needs_country(),
+                rules.needs_asn(),
+                rules.needs_anonymous(),
+                rules.needs_place(),
+                rules.needs_groups(),
+            );
+            let groups: [Box<str>; 1] = ["cn=legacy-auth-allowed,dc=corp".into()];
             let hops = [ip("10.1.2.3"), ip("2001:db8::5"), ip("203.0.113.7")];
             for (i, client) in [
                 "1.2.3.4",
@@ -92,6 +101,32 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         Country(*b"KP")
                     }),
+                    user: (i != 2)
+                        .then_some(["alice@corp.example.com", "CORP\\Bob", "svc", "", "x@y"][i]),
+                    groups: [
+                        Groups::Found(&groups),
+                        Groups::NoSuchUser,
+                        Groups::NotLooked,
+                        Groups::Unavailable { refuse: true },
+                        Groups::Unavailable { refuse: false },
+                    ][i],
+                    asn: Some([0, 15169, 64500, 1, u32::MAX][i]),
+                    anonymous: Some(Anonymous(i as u8 * 7)),
+                    place: (i != 1).then_some(Place {
+                        latitude: [51.5, -90.0, 90.0, 0.0, 43.88][i],
+                        longitude: [-0.09, 180.0, -180.0, 0.0, 125.3][i],
+                        accuracy_km: [10, 0, 1000, u16::MAX, 100][i],
+                    }),
+                    last_signin: (i != 4).then_some(SignedIn {
+                        place: Place {
+                            latitude: 58.4,
+                            longitude: 15.6,
+                            accuracy_km: 76,
+                        },
+                        at_ms: [0, 1000, u64::MAX, 5, 1][i],
+                    }),
+                    familiar: i == 3,
+                    now_ms: 3_600_000,
                     ..Facts::new(client_ip)
                 };
                 let plain = rules.decide(&facts);
