@@ -147,8 +147,8 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threat_category: Option<String>,
     /// What the directory said about the user when the rules need groups
-    /// (`found, in DN; DN`, `no such user in the directory`, `directory
-    /// unavailable: why`), or why it was not asked.
+    /// (`found, in DN; DN`, `no such user in the directory`, `unavailable:
+    /// why`), or why it was not asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<String>,
     /// Forwarded with `X-Stsgate-Step-Up: required`.
