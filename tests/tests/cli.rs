@@ -105,7 +105,7 @@ fn check_prints_one_summary_line_per_list() {
         "request_blocking: enabled, logic or, mode enforce, use_adaptive false",
         // a comma-separated string counts as its items
         "request_blocking.ip: deny list, 4 entries",
-        "request_blocking.application: allow list, 2 entries",
+        "request_blocking.application: allow list, 2 entries, wstrust only",
         "request_blocking.user_agent: deny list, 3 entries",
     ] {
         assert_eq!(

@@ -182,3 +182,75 @@ async fn refusals_use_the_configured_page_and_check_reports_a_bad_one() {
         "{text}"
     );
 }
+
+/// An application allow list (Exchange Online's header) applies to WS-Trust
+/// only by default: a browser's forms sign-in and an ROPC app carry no
+/// `X-MS-Client-Application` and pass it; the ip deny list applies to every
+/// protocol; `protocols` widens the allow list on purpose.
+#[tokio::test]
+async fn header_allow_lists_keep_to_wstrust_unless_told() {
+    let up = password_checking_sts().await;
+    let rules = |protocols: &str| {
+        format!(
+            "[request_blocking]\nlogic = \"or\"\n\
+             [request_blocking.ip]\nrule = \"deny\"\nentries = [\"203.0.113.66\"]\n\
+             [request_blocking.application]\nrule = \"allow\"\n\
+             entries = [\"Microsoft.Exchange.ActiveSync\"]\n{protocols}"
+        )
+    };
+    let text = rules("");
+    let gate = Gate::start(GateSpec {
+        extra: EXTRA,
+        ..GateSpec::new(&text, &up)
+    });
+    let client = http_client();
+    let sign_in = |from: &str, user: &str| {
+        form_post(
+            &gate.url(TARGET),
+            &[("x-ms-forwarded-client-ip", from)],
+            forms_body(user, RIGHT_PASSWORD),
+        )
+    };
+    let got = send(&client, sign_in("192.0.2.10", "ivan@contoso.com")).await;
+    assert_eq!(got.status, 302, "a browser's sign-in passes the allow list");
+    let got = send(&client, sign_in("203.0.113.66", "ivan@contoso.com")).await;
+    assert_eq!(got.status, 200, "the ip deny list refuses it");
+    assert!(got.text().contains(FORMS_ERROR_TEXT));
+    assert_eq!(
+        gate.metric("stsgate_decisions_total{action=\"refuse\",stage=\"ip\"}"),
+        1.0
+    );
+    // WS-Trust without the header is refused by the allow list, as before.
+    let got = send(
+        &client,
+        post(
+            &gate.url("/adfs/services/trust/2005/usernamemixed"),
+            &[],
+            rst_for("ivan@contoso.com", RIGHT_PASSWORD),
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 500);
+    assert_eq!(
+        gate.metric("stsgate_decisions_total{action=\"refuse\",stage=\"application\"}"),
+        1.0
+    );
+    // explain shows the section as not applicable to a forms sign-in.
+    let out = gate.explain_json(&["--ip", "192.0.2.10", "--path", "/adfs/ls/"]);
+    assert!(out.to_string().contains("\"not_applicable\""), "{out}");
+
+    // protocols = all three: the allow list now refuses the browser too.
+    std::fs::write(
+        gate.rules_path(),
+        rules("protocols = [\"wstrust\", \"oauth2_ropc\", \"forms\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(gate.api_post("/api/v1/reload").0, 200);
+    let got = send(&client, sign_in("192.0.2.10", "judy@contoso.com")).await;
+    assert_eq!(got.status, 200);
+    assert!(got.text().contains(FORMS_ERROR_TEXT));
+    assert_eq!(
+        gate.metric("stsgate_decisions_total{action=\"refuse\",stage=\"application\"}"),
+        2.0
+    );
+}

@@ -1292,7 +1292,10 @@ mod tests {
         let c = Config::parse("/etc/stsgate/stsgate.toml", MINIMAL).unwrap();
         assert_eq!(c.rules, Path::new("/etc/stsgate/rules/wstrust.toml"));
         assert_eq!(c.listen.addrs, vec!["0.0.0.0:443".parse().unwrap()]);
-        assert_eq!(c.filter.paths, ["/adfs/services/trust/"]);
+        assert_eq!(
+            c.filter.paths,
+            ["/adfs/services/trust/", "/adfs/oauth2/token", "/adfs/ls"]
+        );
         assert_eq!(c.filter.refuse_paths.len(), 2);
         assert_eq!(c.filter.pass_paths[0], "/adfs/services/trust/mex");
         assert_eq!(c.limits.max_body, 262_144);

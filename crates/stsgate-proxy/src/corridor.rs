@@ -61,6 +61,8 @@ pub struct RequestFacts<'a> {
     pub place: Option<Place>,
     /// When the request is decided (ms since the epoch).
     pub now_ms: u64,
+    /// The sign-in protocol, by the path.
+    pub protocol: stsgate_rules::Protocol,
 }
 
 /// What a request's credentials tell the stages: the user, and the keyed
@@ -99,6 +101,7 @@ impl<'a> RequestFacts<'a> {
             anonymous: geo.anonymous,
             place: geo.place,
             now_ms: stsgate_state::now_ms(),
+            protocol: crate::signin::protocol_for(path),
             addrs,
         }
     }
@@ -118,6 +121,7 @@ impl<'a> RequestFacts<'a> {
             password_key: self.password_key,
             http_user_agent: self.http_user_agent.as_deref(),
             now_ms: self.now_ms,
+            protocol: self.protocol,
             asn: self.asn,
             anonymous: self.anonymous,
             place: self.place,

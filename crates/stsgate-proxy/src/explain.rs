@@ -408,5 +408,6 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Skipped => "skipped",
         Outcome::Passed => "passed",
         Outcome::Fired => "fired",
+        Outcome::NotApplicable => "not_applicable",
     }
 }

@@ -196,8 +196,8 @@ impl Gate {
             }
             PathClass::Refuse => self.refuse_path(&req, conn),
             PathClass::Filtered => {
-                let protocol = Protocol::for_path(req.uri().path());
-                if protocol.signs_in_with(req.method()) {
+                let protocol = signin::protocol_for(req.uri().path());
+                if signin::signs_in_with(protocol, req.method()) {
                     self.filtered(req, conn, protocol).await
                 } else {
                     // A GET of the sign-in page (or a token endpoint GET): no credential.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 /// The default filtered paths: WS-Trust, the OAuth2 token endpoint (ROPC)
 /// and the passive endpoint with the forms sign-in page (`/adfs/ls/`, also
 /// without the slash and `/adfs/ls/IdpInitiatedSignOn.aspx`). Which
-/// protocol a path speaks is [`crate::signin::Protocol::for_path`].
+/// protocol a path speaks is [`crate::signin::protocol_for`].
 pub const DEFAULT_PATHS: &[&str] = &["/adfs/services/trust/", "/adfs/oauth2/token", "/adfs/ls"];
 /// The default refused paths: they bypass ADFS extranet lockout.
 pub const DEFAULT_REFUSE_PATHS: &[&str] = &[

@@ -26,61 +26,38 @@ use crate::wstrust::{self, Credentials, MAX_PASSWORD, MAX_USERNAME};
 /// Most `name=value` fields read from a form body or query.
 pub const MAX_FIELDS: usize = 256;
 
-/// The sign-in protocol of a filtered request, chosen by its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// WS-Trust `usernamemixed` (SOAP).
-    WsTrust,
-    /// OAuth 2.0 resource owner password credentials grant.
-    OAuth2Ropc,
-    /// The forms sign-in page (`/adfs/ls/`).
-    Forms,
-}
+pub use stsgate_rules::Protocol;
 
 /// The path prefix (ASCII case ignored, normalised) of the ROPC token endpoint.
 pub const ROPC_PATH: &str = "/adfs/oauth2/token";
 /// The path prefix of the passive endpoint with the forms sign-in page.
 pub const FORMS_PATH: &str = "/adfs/ls";
 
-impl Protocol {
-    /// Every protocol, in label order.
-    pub const ALL: [Protocol; 3] = [Protocol::WsTrust, Protocol::OAuth2Ropc, Protocol::Forms];
-
-    /// The name in the decision log and the metrics' `protocol` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::WsTrust => "wstrust",
-            Protocol::OAuth2Ropc => "oauth2_ropc",
-            Protocol::Forms => "forms",
-        }
+/// The protocol of a filtered path (as [`crate::paths::normalize`] leaves
+/// it): the token endpoint, the passive endpoint, else WS-Trust.
+pub fn protocol_for(path: &str) -> Protocol {
+    let path = crate::paths::normalize(path);
+    let under = |prefix: &str| {
+        path.len() >= prefix.len()
+            && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    if under(ROPC_PATH) {
+        Protocol::OAuth2Ropc
+    } else if under(FORMS_PATH) {
+        Protocol::Forms
+    } else {
+        Protocol::WsTrust
     }
+}
 
-    /// The protocol of a filtered path (as [`crate::paths::normalize`]
-    /// leaves it): the token endpoint, the passive endpoint, else WS-Trust.
-    pub fn for_path(path: &str) -> Protocol {
-        let path = crate::paths::normalize(path);
-        let under = |prefix: &str| {
-            path.len() >= prefix.len()
-                && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-        };
-        if under(ROPC_PATH) {
-            Protocol::OAuth2Ropc
-        } else if under(FORMS_PATH) {
-            Protocol::Forms
-        } else {
-            Protocol::WsTrust
-        }
-    }
-
-    /// Can a request with this method carry a sign-in? Form protocols sign in
-    /// with POST only: a GET of the sign-in page (or of anything else there)
-    /// is forwarded untouched, without a decision. WS-Trust decides every
-    /// method, as before.
-    pub fn signs_in_with(self, method: &Method) -> bool {
-        match self {
-            Protocol::WsTrust => true,
-            Protocol::OAuth2Ropc | Protocol::Forms => method == Method::POST,
-        }
+/// Can a request with this method carry a sign-in? Form protocols sign in
+/// with POST only: a GET of the sign-in page (or of anything else there)
+/// is forwarded untouched, without a decision. WS-Trust decides every
+/// method, as before.
+pub fn signs_in_with(protocol: Protocol, method: &Method) -> bool {
+    match protocol {
+        Protocol::WsTrust => true,
+        Protocol::OAuth2Ropc | Protocol::Forms => method == Method::POST,
     }
 }
 
@@ -419,11 +396,11 @@ mod tests {
             ("/adfs/x/../ls/", Protocol::Forms),
         ];
         for (path, want) in cases {
-            assert_eq!(Protocol::for_path(path), want, "{path}");
+            assert_eq!(protocol_for(path), want, "{path}");
         }
-        assert!(!Protocol::Forms.signs_in_with(&Method::GET));
-        assert!(Protocol::Forms.signs_in_with(&Method::POST));
-        assert!(Protocol::WsTrust.signs_in_with(&Method::GET));
+        assert!(!signs_in_with(Protocol::Forms, &Method::GET));
+        assert!(signs_in_with(Protocol::Forms, &Method::POST));
+        assert!(signs_in_with(Protocol::WsTrust, &Method::GET));
     }
 
     #[test]

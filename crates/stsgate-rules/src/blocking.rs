@@ -2,9 +2,13 @@
 //! section (ip, application, user agent) answers "does it block this
 //! request?"; `or` refuses when one does, `and` when all do.
 
-use crate::decision::{Action, Decision, Entry, Facts, Outcome, Stage, Step, Trace};
+use toml::Spanned;
+
+use crate::decision::{
+    Action, Decision, Entry, Facts, Outcome, Protocol, Protocols, Stage, Step, Trace,
+};
 use crate::lists::{Compiler, IpList, TextList};
-use crate::model::{Logic, Mode, RawRequestBlocking};
+use crate::model::{ListRule, Logic, Mode, RawRequestBlocking};
 
 /// The compiled `[request_blocking]` section.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct RequestBlocking {
     pub user_agent: Option<TextList>,
     /// The header the user agent list reads.
     pub user_agent_header: crate::model::UserAgentHeader,
+    /// The protocols each section applies to: ip, application, user agent.
+    pub protocols: [Protocols; 3],
 }
 
 impl RequestBlocking {
@@ -36,6 +42,7 @@ impl RequestBlocking {
             application: None,
             user_agent: None,
             user_agent_header: crate::model::UserAgentHeader::Auto,
+            protocols: [Protocols::ALL; 3],
         }
     }
 
@@ -58,6 +65,17 @@ impl RequestBlocking {
                 .as_ref()
                 .and_then(|l| l.header)
                 .unwrap_or_default(),
+            protocols: [
+                raw.ip
+                    .as_ref()
+                    .map_or(Protocols::ALL, |l| protocols(c, l.protocols.as_ref(), None)),
+                raw.application.as_ref().map_or(Protocols::ALL, |l| {
+                    protocols(c, l.protocols.as_ref(), Some(l.rule))
+                }),
+                raw.user_agent.as_ref().map_or(Protocols::ALL, |l| {
+                    protocols(c, l.protocols.as_ref(), Some(l.rule))
+                }),
+            ],
         }
     }
 
@@ -98,9 +116,10 @@ impl RequestBlocking {
         ];
         let mut first_block: Option<(Stage, &'static str, Option<&'r Entry>)> = None;
         let (mut configured, mut blocking) = (0, 0);
-        for (stage, section) in [Stage::Ip, Stage::Application, Stage::UserAgent]
+        for ((stage, section), protocols) in [Stage::Ip, Stage::Application, Stage::UserAgent]
             .into_iter()
             .zip(sections)
+            .zip(self.protocols)
         {
             let Some((stage, rule, (fires, entry))) = section else {
                 trace.step(Step::new(
@@ -112,6 +131,16 @@ impl RequestBlocking {
                 ));
                 continue;
             };
+            if !protocols.contains(facts.protocol) {
+                trace.step(Step::new(
+                    stage,
+                    Outcome::NotApplicable,
+                    Some(rule.as_str()),
+                    None,
+                    "not for this sign-in protocol (see protocols): takes no part",
+                ));
+                continue;
+            }
             let list = rule.as_str();
             configured += 1;
             if fires {
@@ -152,5 +181,28 @@ impl RequestBlocking {
             step_up: false,
             redirect_url: None,
         })
+    }
+}
+
+/// A section's `protocols`: as written, or its default — every protocol,
+/// but WS-Trust alone for an allow list of a header section (`reads_headers`
+/// gives its rule): browsers and ROPC clients carry no `X-MS-Client-*`
+/// headers, so such a list would refuse every one of them.
+fn protocols(
+    c: &mut Compiler<'_>,
+    raw: Option<&Spanned<Vec<Protocol>>>,
+    reads_headers: Option<ListRule>,
+) -> Protocols {
+    match raw {
+        Some(list) if list.get_ref().is_empty() => {
+            c.errors.push(c.src.error(
+                &list.span(),
+                "protocols = [] makes the section apply to nothing: remove the section instead",
+            ));
+            Protocols::ALL
+        }
+        Some(list) => Protocols::of(list.get_ref().iter().copied()),
+        None if reads_headers == Some(ListRule::Allow) => Protocols::WSTRUST,
+        None => Protocols::ALL,
     }
 }

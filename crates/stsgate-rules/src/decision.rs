@@ -245,6 +245,8 @@ pub struct Facts<'a> {
     pub password_key: Option<[u8; 16]>,
     /// The user's groups from the directory, when the rules need them.
     pub groups: Groups<'a>,
+    /// The sign-in protocol the request speaks (chosen by its path).
+    pub protocol: Protocol,
     /// The client's autonomous system number, when the rules need it
     /// ([`crate::RuleSet::needs_asn`]); `Some(0)` when not known (`AS0`).
     pub asn: Option<u32>,
@@ -397,6 +399,7 @@ impl<'a> Facts<'a> {
             now_ms: 0,
             password_key: None,
             groups: Groups::NotLooked,
+            protocol: Protocol::WsTrust,
             asn: None,
             anonymous: None,
             place: None,
@@ -464,6 +467,74 @@ impl Decision<'_> {
     }
 }
 
+/// The sign-in protocol a request speaks: which password door of the farm
+/// it knocks on. The `protocol` key of the decision log and label of the
+/// `stsgate_protocol_*` metrics; the `protocols` key of request blocking's
+/// sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
+pub enum Protocol {
+    /// WS-Trust `usernamemixed` (SOAP).
+    #[default]
+    #[serde(rename = "wstrust")]
+    WsTrust,
+    /// OAuth 2.0 resource owner password credentials grant.
+    #[serde(rename = "oauth2_ropc")]
+    OAuth2Ropc,
+    /// The forms sign-in page (`/adfs/ls/`).
+    #[serde(rename = "forms")]
+    Forms,
+}
+
+impl Protocol {
+    /// Every protocol, in label order.
+    pub const ALL: [Protocol; 3] = [Protocol::WsTrust, Protocol::OAuth2Ropc, Protocol::Forms];
+
+    /// The name in logs, metrics and rule files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::WsTrust => "wstrust",
+            Protocol::OAuth2Ropc => "oauth2_ropc",
+            Protocol::Forms => "forms",
+        }
+    }
+
+    /// Its bit in a [`Protocols`] set.
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of protocols (the `protocols` key of a request blocking section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols(u8);
+
+impl Protocols {
+    /// All three.
+    pub const ALL: Protocols = Protocols(0b111);
+    /// WS-Trust alone.
+    pub const WSTRUST: Protocols = Protocols(Protocol::WsTrust.bit());
+
+    /// The set of these protocols.
+    pub fn of(protocols: impl IntoIterator<Item = Protocol>) -> Protocols {
+        Protocols(protocols.into_iter().fold(0, |bits, p| bits | p.bit()))
+    }
+
+    /// Is `protocol` in the set?
+    pub fn contains(self, protocol: Protocol) -> bool {
+        self.0 & protocol.bit() != 0
+    }
+
+    /// The names, in label order, comma-separated.
+    pub fn names(self) -> String {
+        Protocol::ALL
+            .iter()
+            .filter(|p| self.contains(**p))
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// What one check concluded, for `explain`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -478,6 +549,8 @@ pub enum Outcome {
     Passed,
     /// Fired (adaptive) or blocks (request blocking).
     Fired,
+    /// The section does not apply to the request's protocol (its `protocols`).
+    NotApplicable,
 }
 
 /// One line of the trace.

@@ -27,8 +27,8 @@ pub mod velocity;
 
 pub use adaptive::FeedSource;
 pub use decision::{
-    Action, Anonymous, Country, Decision, Detail, Entry, Facts, Groups, Outcome, Place, SignedIn,
-    Stage, Step, Trace, normalize_dn,
+    Action, Anonymous, Country, Decision, Detail, Entry, Facts, Groups, Outcome, Place, Protocol,
+    Protocols, SignedIn, Stage, Step, Trace, normalize_dn,
 };
 pub use error::{SourceError, SourceText};
 pub use ipset::IpSet;

@@ -49,6 +49,11 @@ pub struct RawList {
     /// The entries, each kept with its position in the file.
     #[serde(default)]
     pub entries: Vec<Spanned<String>>,
+    /// The sign-in protocols the section applies to: `wstrust`,
+    /// `oauth2_ropc`, `forms`. Default: all three, except for an `allow`
+    /// list of `application` or `user_agent`: `wstrust` only (only Exchange
+    /// Online's requests to the WS-Trust endpoint carry those headers).
+    pub protocols: Option<Spanned<Vec<crate::Protocol>>>,
 }
 
 /// `[request_blocking.user_agent]`: a list and the header it reads.
@@ -62,6 +67,8 @@ pub struct RawUserAgentList {
     pub entries: Vec<Spanned<String>>,
     /// Which header: `auto` (default), `x-ms-client-user-agent`, `user-agent`.
     pub header: Option<UserAgentHeader>,
+    /// The sign-in protocols the section applies to.
+    pub protocols: Option<Spanned<Vec<crate::Protocol>>>,
 }
 
 /// Which header a user agent list reads.

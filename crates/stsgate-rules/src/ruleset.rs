@@ -343,27 +343,31 @@ impl RuleSet {
             },
             self.use_adaptive,
         ));
-        for (name, list) in [
-            ("application", &b.application),
-            ("user_agent", &b.user_agent),
+        // A section that does not apply to every sign-in protocol says which.
+        let only = |i: usize| match b.protocols[i] {
+            crate::Protocols::ALL => String::new(),
+            p => format!(", {} only", p.names()),
+        };
+        if let Some(l) = &b.ip {
+            lines.push(format!(
+                "request_blocking.ip: {} list, {}{}",
+                l.rule.as_str(),
+                entries(l.len()),
+                only(0)
+            ));
+        }
+        for (i, name, list) in [
+            (1, "application", &b.application),
+            (2, "user_agent", &b.user_agent),
         ] {
             if let Some(l) = list {
                 lines.push(format!(
-                    "request_blocking.{name}: {} list, {}",
+                    "request_blocking.{name}: {} list, {}{}",
                     l.rule.as_str(),
-                    entries(l.len())
+                    entries(l.len()),
+                    only(i)
                 ));
             }
-        }
-        if let Some(l) = &b.ip {
-            lines.insert(
-                1,
-                format!(
-                    "request_blocking.ip: {} list, {}",
-                    l.rule.as_str(),
-                    entries(l.len())
-                ),
-            );
         }
         if let Some(c) = &self.adaptive.ip_country {
             let (kind, rule, n) = match &c.restricted {

@@ -431,3 +431,85 @@ fn user_agent_header_per_section() {
     )
     .is_err());
 }
+
+#[test]
+fn sections_apply_to_their_protocols() {
+    let rs = rules(
+        "[request_blocking]\nlogic = \"or\"\n\
+         [request_blocking.ip]\nrule = \"deny\"\nentries = [\"6.6.6.6\"]\n\
+         [request_blocking.application]\nrule = \"allow\"\nentries = [\"Microsoft.Exchange.ActiveSync\"]\n\
+         [request_blocking.user_agent]\nrule = \"deny\"\nentries = [\"python\"]\n",
+    );
+    let run = |rs: &RuleSet, protocol: Protocol, from: &str, ua: Option<&str>| {
+        let d = rs.decide(&Facts {
+            protocol,
+            http_user_agent: ua,
+            ..Facts::new(ip(from))
+        });
+        (d.stage, d.action)
+    };
+    // The application allow list (no X-MS-Client-Application): WS-Trust
+    // only by default, so a browser's forms sign-in and an ROPC app pass it.
+    assert_eq!(
+        run(&rs, Protocol::WsTrust, "1.1.1.1", None),
+        (Stage::Application, Action::Refuse)
+    );
+    for p in [Protocol::OAuth2Ropc, Protocol::Forms] {
+        assert_eq!(run(&rs, p, "1.1.1.1", None), (Stage::None, Action::Forward));
+        // The ip and the user agent deny lists apply to every protocol.
+        assert_eq!(run(&rs, p, "6.6.6.6", None), (Stage::Ip, Action::Refuse));
+        assert_eq!(
+            run(&rs, p, "1.1.1.1", Some("python-requests/2.32")),
+            (Stage::UserAgent, Action::Refuse)
+        );
+    }
+    let mut steps: Vec<Step> = Vec::new();
+    rs.decide_traced(
+        &Facts {
+            protocol: Protocol::Forms,
+            ..Facts::new(ip("1.1.1.1"))
+        },
+        &mut steps,
+    );
+    let app = steps
+        .iter()
+        .find(|s| s.stage == Stage::Application)
+        .unwrap();
+    assert_eq!(app.outcome, Outcome::NotApplicable);
+    assert!(
+        rs.summary()
+            .iter()
+            .any(|l| l == "request_blocking.application: allow list, 1 entry, wstrust only"),
+        "{:?}",
+        rs.summary()
+    );
+    // Written out: the ip list for WS-Trust alone, the allow list for every protocol.
+    let rs = rules(
+        "[request_blocking.ip]\nrule = \"deny\"\nentries = [\"6.6.6.6\"]\nprotocols = [\"wstrust\"]\n\
+         [request_blocking.application]\nrule = \"allow\"\nentries = [\"x\"]\n\
+         protocols = [\"wstrust\", \"oauth2_ropc\", \"forms\"]\n",
+    );
+    assert_eq!(
+        run(&rs, Protocol::Forms, "6.6.6.6", None),
+        (Stage::Application, Action::Refuse)
+    );
+    // With `and`, a section that does not apply takes no part.
+    let rs = rules(
+        "[request_blocking]\nlogic = \"and\"\n\
+         [request_blocking.ip]\nrule = \"deny\"\nentries = [\"6.6.6.6\"]\n\
+         [request_blocking.application]\nrule = \"allow\"\nentries = [\"x\"]\n",
+    );
+    assert_eq!(
+        run(&rs, Protocol::Forms, "6.6.6.6", None),
+        (Stage::Ip, Action::Refuse)
+    );
+    assert_eq!(
+        errors("[request_blocking.ip]\nrule = \"deny\"\nentries = [\"6.6.6.6\"]\nprotocols = []\n")
+            [0],
+        "r.toml:4:13: protocols = [] makes the section apply to nothing: remove the section instead"
+    );
+    assert!(errors(
+        "[request_blocking.ip]\nrule = \"deny\"\nentries = [\"6.6.6.6\"]\nprotocols = [\"saml\"]\n"
+    )[0]
+        .starts_with("r.toml:4:"));
+}
