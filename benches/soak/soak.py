@@ -355,10 +355,11 @@ timeout = "2s"
         return self.api("POST", "/api/v1/explain", q)
 
     def rss_fds(self):
+        """RSS, its anonymous part (heap) in KiB, and the open descriptors."""
         pid = self.proc.pid
         with open("/proc/%d/status" % pid) as f:
-            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-        return rss, len(os.listdir("/proc/%d/fd" % pid))
+            kib = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
+        return kib["VmRSS"], kib["RssAnon"], len(os.listdir("/proc/%d/fd" % pid))
 
 
 # ---- clients -----------------------------------------------------------------
@@ -1181,8 +1182,8 @@ class Soak:
             for n, g in self.gates.items():
                 if g.up.is_set():
                     try:
-                        rss, fds = g.rss_fds()
-                        self.samples.append((self.now(), n, g.lifetime, rss, fds, g.instance))
+                        rss, anon, fds = g.rss_fds()
+                        self.samples.append((self.now(), n, g.lifetime, rss, fds, g.instance, anon))
                     except (OSError, StopIteration):
                         pass
 
@@ -1419,14 +1420,15 @@ class Soak:
         warm = a.warmup
         w("Slopes by least squares over the samples after %d s of warm-up of each lifetime." % warm)
         w("")
-        w("| instance | samples | RSS first → last MiB | RSS max MiB | RSS slope MiB/hour | FDs first → last | FD slope /hour |")
-        w("|---|---|---|---|---|---|---|")
+        w("| instance | samples | RSS first → last MiB | RSS max MiB | RSS slope MiB/hour | of which anonymous (heap) MiB/hour | FDs first → last | FD slope /hour |")
+        w("|---|---|---|---|---|---|---|---|")
         slopes = []
         for inst in sorted({s[5] for s in self.samples}):
             ss = [s for s in self.samples if s[5] == inst]
             t0 = ss[0][0]
             after = [s for s in ss if s[0] - t0 >= warm]
             rs = slope_per_hour([(s[0], s[3] / 1024) for s in after])
+            ans = slope_per_hour([(s[0], s[6] / 1024) for s in after])
             fs = slope_per_hour([(s[0], s[4]) for s in after])
             long_enough = len(after) >= 10
             if long_enough:
@@ -1434,9 +1436,10 @@ class Soak:
                 # fewer than 2 descriptors over the span measured.
                 span_h = (after[-1][0] - after[0][0]) / 3600
                 slopes.append((inst, rs, fs, fs * span_h))
-            w("| %s | %d | %.1f → %.1f | %.1f | %s | %d → %d | %s |" % (
+            w("| %s | %d | %.1f → %.1f | %.1f | %s | %s | %d → %d | %s |" % (
                 inst, len(ss), ss[0][3] / 1024, ss[-1][3] / 1024, max(s[3] for s in ss) / 1024,
-                ("%+.2f" % rs) if long_enough else "(too short)", ss[0][4], ss[-1][4],
+                ("%+.2f" % rs) if long_enough else "(too short)",
+                ("%+.2f" % ans) if long_enough else "", ss[0][4], ss[-1][4],
                 ("%+.1f" % fs) if long_enough else "(too short)"))
         w("")
         w("## Latency per minute (client side, answered requests)")
@@ -1479,8 +1482,9 @@ class Soak:
             with open(a.report, "w") as f:
                 f.write(text + "\n")
         with open(os.path.join(self.work, "samples.jsonl"), "w") as f:
-            for t, n, life, rss, fds, inst in self.samples:
-                f.write(json.dumps(dict(t=round(t, 1), gate=n, instance=inst, rss_kib=rss, fds=fds)) + "\n")
+            for t, n, life, rss, fds, inst, anon in self.samples:
+                f.write(json.dumps(dict(t=round(t, 1), gate=n, instance=inst, rss_kib=rss, anon_kib=anon,
+                                        fds=fds)) + "\n")
         with open(os.path.join(self.work, "requests.jsonl"), "w") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
