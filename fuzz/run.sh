@@ -17,7 +17,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"
-all_targets=(rule_file ip_notation forwarded_header config wstrust_username wstrust_differential wstrust_answer path_normalize state_records signin_form)
+all_targets=(rule_file ip_notation forwarded_header config wstrust_username wstrust_differential wstrust_answer path_normalize state_records signin_form alert_event)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde_json::{Value, json};
 use stsgate_rules::SourceError;
-use stsgate_state::block::rfc3339;
+use stsgate_state::block::{rfc3339, rfc3339_millis};
 use stsgate_state::{Block, EventSink, StateEvent, Target, now_ms};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -482,11 +482,6 @@ fn block_json(b: &Block, at_ms: u64) -> Value {
     b.to_api(at_ms)
 }
 
-/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
-fn rfc3339_millis(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
 
 /// 16 random hex digits.
 fn new_id() -> String {

@@ -164,8 +164,20 @@ fn block_id(target: &Target, action: BlockAction) -> String {
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
 pub fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(rfc3339_time(ms)).to_string()
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339_millis(ms: u64) -> String {
+    humantime::format_rfc3339_millis(rfc3339_time(ms)).to_string()
+}
+
+/// The time RFC 3339 writes for `ms`: a time past the last one it can write
+/// (9999-12-31T23:59:59.999Z; a record from a misbehaving peer, say) is
+/// written as that one, where the formatter would fail.
+fn rfc3339_time(ms: u64) -> std::time::SystemTime {
+    const LAST_MS: u64 = 253_402_300_799_999;
+    std::time::UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS))
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -474,6 +486,16 @@ mod tests {
     use serde_json::json;
 
     const DAY: Duration = Duration::from_secs(86400);
+
+    #[test]
+    fn times_past_year_9999_are_written_as_its_last_moment() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_millis(1_500), "1970-01-01T00:00:01.500Z");
+        // The formatter fails (and to_string panics) past 9999, e.g. for a
+        // far-future time (a lesson or record from a misbehaving peer).
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339_millis(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
 
     fn new(v: serde_json::Value) -> Result<NewBlock, FieldError> {
         NewBlock::from_json(&v, 30 * DAY)
