@@ -267,7 +267,10 @@ impl Admin {
                 )
             }
             (&Method::DELETE, "/api/v1/lockouts/{user}") => {
-                let user = percent_decode(id);
+                // A path segment: `+` is itself, only `%XX` is decoded.
+                let user = percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .into_owned();
                 if self.gate.state.reset_lockout(&user) {
                     tracing::info!(user = %stsgate_state::guard::user_key(&user), origin = %origin.as_deref().unwrap_or("api"), "lockout reset through the API");
                     let mut r = Response::new(full(Bytes::new()));
@@ -609,38 +612,9 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Response
 
 /// `k=v&k=v`, percent-decoded (`+` is a space).
 fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `Authorization: Bearer TOKEN` (the scheme in any case, RFC 9110 §11.1),
