@@ -87,8 +87,16 @@ fn user_group_lists() {
         "cn=legacy-auth-allowed,ou=groups,dc=corp,dc=example,dc=com".into(),
     ];
     let other: &[Box<str>] = &["cn=other,dc=corp".into()];
+    // (list, action, user, groups, want: (stage, action, step_up))
+    type Case<'g> = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Groups<'g>,
+        (&'static str, &'static str, bool),
+    );
     #[rustfmt::skip]
-    let cases: [(&str, &str, Option<&str>, Groups<'_>, (&str, &str, bool)); 18] = [
+    let cases: [Case<'_>; 18] = [
         // list,  action,  user,                       groups,                    want
         ("allow", "refuse", Some("svc-legacy@corp.example.com"), Groups::NotLooked, ("none", "forward", false)),
         ("allow", "refuse", Some("alice@corp.example.com"), Groups::Found(groups), ("none", "forward", false)),
@@ -487,18 +495,10 @@ failure_action = "continue"
     assert_eq!(outcome(d), ("geo_velocity", "continue", false));
     assert_eq!(steps[1].detail.to_string(), "anonymous_vpn");
     // The first check that leaves ends the stage.
-    let r = rules(
-        &text
-            .replacen(
-                "failure_action = \"continue\"\n[adaptive.anonymous_ip]",
-                "failure_action = \"continue\"\n[adaptive.anonymous_ip]",
-                1,
-            )
-            .replace(
-                "categories = [\"anonymous_vpn\"]\nfailure_action = \"continue\"",
-                "categories = [\"anonymous_vpn\"]\nfailure_action = \"resume\"",
-            ),
-    );
+    let r = rules(&text.replace(
+        "categories = [\"anonymous_vpn\"]\nfailure_action = \"continue\"",
+        "categories = [\"anonymous_vpn\"]\nfailure_action = \"resume\"",
+    ));
     let mut steps: Vec<Step<'_>> = Vec::new();
     let d = r.decide_traced(&facts, &mut steps);
     assert_eq!(outcome(d), ("anonymous_ip", "resume", false));
