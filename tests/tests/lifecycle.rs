@@ -602,7 +602,10 @@ async fn bodies_over_max_body_are_refused_on_filtered_paths_only() {
     );
 
     // not filtered: the same sizes are forwarded whole
-    assert_eq!(status(with_length("/adfs/portal/", 4096)).await.unwrap(), 200);
+    assert_eq!(
+        status(with_length("/adfs/portal/", 4096)).await.unwrap(),
+        200
+    );
     assert_eq!(status(chunked("/adfs/portal/", 4096)).await.unwrap(), 200);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 4);
@@ -797,7 +800,11 @@ async fn a_keep_alive_connection_outlives_header_read_timeout() {
     })
     .await
     .unwrap();
-    assert_eq!(statuses, [200, 500, 200], "the kept-alive connection was closed while idle");
+    assert_eq!(
+        statuses,
+        [200, 500, 200],
+        "the kept-alive connection was closed while idle"
+    );
 }
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked) from `s`: its

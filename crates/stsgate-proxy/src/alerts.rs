@@ -482,7 +482,6 @@ fn block_json(b: &Block, at_ms: u64) -> Value {
     b.to_api(at_ms)
 }
 
-
 /// 16 random hex digits.
 fn new_id() -> String {
     use ring::rand::SecureRandom;

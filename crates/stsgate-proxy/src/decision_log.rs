@@ -280,7 +280,10 @@ fn fields(e: &Event) -> Vec<(&'static str, String)> {
     opt("action", Some(e.action.to_string()));
     opt("status", e.status.map(|s| s.to_string()));
     opt("upstream_ms", e.upstream_ms.map(|s| s.to_string()));
-    opt("threat_category", e.threat_category.as_deref().map(str::to_string));
+    opt(
+        "threat_category",
+        e.threat_category.as_deref().map(str::to_string),
+    );
     opt("signin", e.signin.map(str::to_string));
     f
 }

@@ -332,7 +332,9 @@ impl Metrics {
             FeedResult::NotModified,
             FeedResult::Failure,
         ] {
-            let _ = self.feed_reloads.with_label_values(&[feed, result.as_str()]);
+            let _ = self
+                .feed_reloads
+                .with_label_values(&[feed, result.as_str()]);
         }
     }
 

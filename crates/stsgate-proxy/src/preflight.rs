@@ -61,45 +61,44 @@ pub fn open(config: &Config) -> Result<Opened, Vec<SourceError>> {
             None
         }
     };
-    let admin_token = config
-        .admin
-        .token_file
-        .as_deref()
-        .and_then(|path| match read_token("admin.token_file", path) {
+    let admin_token = config.admin.token_file.as_deref().and_then(|path| {
+        match read_token("admin.token_file", path) {
             Ok(token) => Some(token),
             Err(message) => {
                 errors.push(at("admin.token_file", message));
                 None
             }
-        });
+        }
+    });
     if let Some(path) = &config.blocked_forms_page {
         if let Err(message) = crate::blocked::read_forms_page(path) {
             errors.push(at("blocked.forms_page", message));
         }
     }
     let key = "admin.read_token_file";
-    let admin_read_token = config
-        .admin
-        .read_token_file
-        .as_deref()
-        .and_then(|path| match read_token(key, path) {
-            Ok(token) if config.admin.token_file.is_none() => {
-                errors.push(at(key, format!("{key} needs admin.token_file")));
-                Some(token)
-            }
-            Ok(token) if admin_token.as_ref() == Some(&token) => {
-                errors.push(at(
-                    key,
-                    format!("{key}: the read-only token is the admin token"),
-                ));
-                None
-            }
-            Ok(token) => Some(token),
-            Err(message) => {
-                errors.push(at(key, message));
-                None
-            }
-        });
+    let admin_read_token =
+        config
+            .admin
+            .read_token_file
+            .as_deref()
+            .and_then(|path| match read_token(key, path) {
+                Ok(token) if config.admin.token_file.is_none() => {
+                    errors.push(at(key, format!("{key} needs admin.token_file")));
+                    Some(token)
+                }
+                Ok(token) if admin_token.as_ref() == Some(&token) => {
+                    errors.push(at(
+                        key,
+                        format!("{key}: the read-only token is the admin token"),
+                    ));
+                    None
+                }
+                Ok(token) => Some(token),
+                Err(message) => {
+                    errors.push(at(key, message));
+                    None
+                }
+            });
     if errors.is_empty() {
         Ok(Opened {
             tls,

@@ -98,22 +98,18 @@ fn run(path: &Path) -> Report {
         Some(c) => Some(c.rules.clone()),
         None => rules_named_in(path),
     };
-    let rules = report
-        .rules
-        .as_deref()
-        .and_then(|r| {
-            // URL threat feeds as the gate would start with them: their copies in state.dir.
-            let feeds = stsgate_proxy::feeds::FeedStore::new(
-                config.as_ref().map(|c| c.state.dir.as_path()),
-            );
-            match Rules::load_with_feeds(r, Metrics::new(), feeds) {
-                Ok(rules) => Some(rules.current()),
-                Err(errors) => {
-                    report.errors.extend(errors);
-                    None
-                }
+    let rules = report.rules.as_deref().and_then(|r| {
+        // URL threat feeds as the gate would start with them: their copies in state.dir.
+        let feeds =
+            stsgate_proxy::feeds::FeedStore::new(config.as_ref().map(|c| c.state.dir.as_path()));
+        match Rules::load_with_feeds(r, Metrics::new(), feeds) {
+            Ok(rules) => Some(rules.current()),
+            Err(errors) => {
+                report.errors.extend(errors);
+                None
             }
-        });
+        }
+    });
     if let Some(config) = &config {
         if let Err(errors) = stsgate_proxy::preflight::open(config) {
             report.errors.extend(errors);
