@@ -65,10 +65,13 @@ pub struct RequestFacts<'a> {
     pub protocol: stsgate_rules::Protocol,
 }
 
-/// What a request's credentials tell the stages: the user, and the keyed
-/// hash of the password (never the password).
+/// What a request's credentials tell the stages: the door they came
+/// through, the user, and the keyed hash of the password (never the
+/// password).
 #[derive(Debug, Clone, Default)]
 pub struct Signer {
+    /// The sign-in protocol ([`crate::signin::protocol_for`] its path).
+    pub protocol: stsgate_rules::Protocol,
     /// The user name, as the request wrote it.
     pub user: Option<String>,
     /// The password's keyed hash.
@@ -101,7 +104,7 @@ impl<'a> RequestFacts<'a> {
             anonymous: geo.anonymous,
             place: geo.place,
             now_ms: stsgate_state::now_ms(),
-            protocol: crate::signin::protocol_for(path),
+            protocol: signer.protocol,
             addrs,
         }
     }
@@ -278,7 +281,7 @@ mod tests {
                 "/adfs/services/trust/2005/usernamemixed",
                 Signer {
                     user: user.map(str::to_string),
-                    password_key: None,
+                    ..Signer::default()
                 },
                 &cip,
                 &r,

@@ -299,6 +299,7 @@ pub fn explain_with_directory(
         &headers,
         path,
         crate::corridor::Signer {
+            protocol: crate::signin::protocol_for(path),
             user,
             password_key: None,
         },

@@ -285,8 +285,17 @@ impl Gate {
             .map_or(stsgate_rules::Groups::NotLooked, |(a, on_error)| {
                 crate::directory::groups(a, *on_error)
             });
-        let (verdict, request, mut event, in_flight) =
-            self.decide(&rules, &parts, conn, user, password_key, groups);
+        let (verdict, request, mut event, in_flight) = self.decide(
+            &rules,
+            &parts,
+            conn,
+            corridor::Signer {
+                protocol,
+                user,
+                password_key,
+            },
+            groups,
+        );
         self.metrics.decision(verdict.stage, verdict.action);
         self.metrics
             .protocol_requests
@@ -433,8 +442,7 @@ impl Gate {
         rules: &stsgate_rules::RuleSet,
         parts: &http::request::Parts,
         conn: Conn,
-        user: Option<String>,
-        password_key: Option<stsgate_state::PasswordKey>,
+        signer: corridor::Signer,
         groups: stsgate_rules::Groups<'_>,
     ) -> (
         Verdict,
@@ -447,7 +455,7 @@ impl Gate {
             conn.peer,
             &parts.headers,
             parts.uri.path(),
-            corridor::Signer { user, password_key },
+            signer,
             &self.config.client_ip,
             rules,
             self.geoip.as_deref(),
